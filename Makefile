@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Override the torch pin with e.g.  `make test TORCH=torch==2.4.1`  (any spec pip understands).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+EXTRAS ?= lab,dev
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.initlab-installed
+
+.PHONY: setup demo test bench lint clean
+
+# Re-runs only when the project's metadata or the pin changes.
+$(STAMP): pyproject.toml Makefile scripts/setup_data.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	bash scripts/setup_data.sh
+	echo "$(TORCH)" > $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/initlab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/gradinit_cost.py
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

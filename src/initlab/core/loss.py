@@ -1,0 +1,91 @@
+"""The loss protocol: `loss_fn(model, batch) -> scalar tensor`, and the default one.
+
+Methods call the model through `Substituted`, a stand-in that runs the real module with
+`torch.func.functional_call` on substituted parameter tensors. It forwards attribute reads to the
+real model, so a user's `loss_fn` can use `model.config`, `model.encoder(...)` is *not* rerouted
+(only calling the stand-in itself is), which is why loss functions should call `model(...)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+class Substituted:
+    """Callable like `model`, but with `tensors` (name -> tensor) in place of its parameters."""
+
+    def __init__(self, model: nn.Module, tensors: dict[str, torch.Tensor]):
+        self._model = model
+        self._tensors = tensors
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self._model, self._tensors, args, kwargs, tie_weights=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def default_loss(model: Callable, batch: Any) -> torch.Tensor:
+    """Cross-entropy for `(inputs, targets)`; the model's own `.loss` for dict batches.
+
+    - `(inputs, targets)`: `model(inputs)` (or `model(**inputs)` when inputs is a dict); logits of
+      shape (N, C) or (N, ..., C) against integer targets (N,) or (N, ...); `ignore_index=-100`.
+    - a mapping: `model(**batch)`, whose output has `.loss` or `["loss"]` (Hugging Face style).
+    """
+    if isinstance(batch, Mapping):
+        out = model(**batch)
+        loss = getattr(out, "loss", None)
+        if loss is None and isinstance(out, Mapping):
+            loss = out.get("loss")
+        if loss is None:
+            raise ValueError(
+                "a dict batch was passed to the model as keyword arguments, but its output has no "
+                "`.loss`; include the labels in the batch or pass loss_fn=(model, batch) -> loss"
+            )
+        return loss
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, targets = batch
+        out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        logits = getattr(out, "logits", out)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(
+                f"the model returned {type(out).__name__}, not logits; pass loss_fn=(model, batch) -> loss"
+            )
+        if logits.dim() > 2:  # (N, ..., C) against (N, ...)
+            logits = logits.reshape(-1, logits.shape[-1])
+            targets = targets.reshape(-1)
+        return F.cross_entropy(logits, targets)
+    raise ValueError(
+        f"the default loss understands (inputs, targets) pairs and dict batches, not a "
+        f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}; "
+        "pass loss_fn=(model, batch) -> scalar loss"
+    )
+
+
+def checked_loss(loss_fn: LossFn, model: Callable, batch: Any, where: str) -> torch.Tensor:
+    """Run the loss and insist on a finite, differentiable scalar."""
+    loss = loss_fn(model, batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return a floating-point scalar tensor, got {shape} ({where}); "
+            "reduce it, e.g. with .mean()"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"the loss does not depend on the parameters being initialized ({where}); did the "
+            "loss_fn call the `model` it was given (not a captured reference to the real model)?"
+        )
+    loss = loss.reshape(())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} ({where})")
+    return loss
