@@ -27,8 +27,7 @@ ACTIVATIONS: dict[type, str] = {
 
 def weighted_layers(model: nn.Module, types: tuple[type, ...] = LAYERS) -> list[tuple[str, nn.Module]]:
     """Every distinct Linear/Conv1d/2d/3d of `model` (name, module), in registration order."""
-    return [(name, m) for name, m in model.named_modules() if type(m) in types or
-            (isinstance(m, types) and not isinstance(m, nn.modules.conv._ConvTransposeNd))]
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
 
 
 def generator(seed: Optional[int]) -> Optional[torch.Generator]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Optional
 
@@ -42,6 +43,7 @@ from ..version import __version__
 log = logging.getLogger(__name__)
 
 TARGETS = ("sgd", "adam")
+PREDICT_MARGIN = 0.9  # expect a constraint step when the last |g| > 0.9 gamma
 
 #: The authors' IWSLT'14 Post-LN Transformer recipe: `gradinit(model, data, **TRANSFORMER_RECIPE)`.
 TRANSFORMER_RECIPE: dict[str, Any] = dict(
@@ -269,13 +271,18 @@ def gradinit(
     batches = _Batches(BatchStream(data, device=specs[0].param.device), cfg)
     history: list[dict[str, Any]] = []
     bar = progress_bar(cfg.steps, progress, "gradinit")
-    predict_constraint = True  # a wrong guess costs a recomputed first pass; see module docstring
+    # Build the double-backward graph only when this iteration will likely need it: predicted
+    # from the last gradient norm, leaning to "constraint" near the bound because a wrong
+    # "objective" guess costs a whole extra pass while a wrong "constraint" guess costs only
+    # the graph (benchmarks/gradinit_cost.py measures both).
+    last_norm = math.inf
     try:
         with search_mode(model):
             for t in range(cfg.steps):
                 search.iteration = t
+                started = time.perf_counter()
                 S = batches.S()
-                graph = predict_constraint or cfg.second_order
+                graph = last_norm > PREDICT_MARGIN * cfg.gamma or cfg.second_order
                 first = search.first_pass(opt.alpha, S, graph=graph)
                 gnorm = first["gnorm"].item()
                 if not math.isfinite(gnorm):
@@ -290,10 +297,12 @@ def gradinit(
                 if not bool(torch.isfinite(da).all()):
                     raise FloatingPointError(f"non-finite scale gradient (iteration {t})")
                 opt.step(da, scaled & torch.tensor(used), constraint)
-                predict_constraint = constraint
+                last_norm = gnorm
                 history.append(dict(iteration=t, branch="constraint" if constraint else "objective",
                                     loss=first["loss"].item(), grad_norm=gnorm,
-                                    loss_after=None if after is None else after.item()))
+                                    loss_after=None if after is None else after.item(),
+                                    recomputed=constraint and not graph,
+                                    seconds=time.perf_counter() - started))
                 del first
                 bar.update(1)
                 if (t + 1) % max(1, cfg.steps // 10) == 0:
