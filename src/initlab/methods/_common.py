@@ -7,6 +7,7 @@ seeded rule gives the same numbers on every device.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterator, Optional
 
@@ -28,6 +29,16 @@ ACTIVATIONS: dict[type, str] = {
 def weighted_layers(model: nn.Module, types: tuple[type, ...] = LAYERS) -> list[tuple[str, nn.Module]]:
     """Every distinct Linear/Conv1d/2d/3d of `model` (name, module), in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
+
+
+def double_backward_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention on its math kernel, the one with a double backward (the
+    fused CPU/GPU kernels raise "derivative for ..._backward is not implemented")."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no fused-kernel selection to undo
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def generator(seed: Optional[int]) -> Optional[torch.Generator]:

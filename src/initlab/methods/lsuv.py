@@ -9,7 +9,8 @@ Where initlab departs from the authors' code, and why:
 - Each try draws the next batch from `data` (the authors' Caffe code advances its data layer
   the same way); the forward stops at the measured layer, so a try costs a partial forward.
 - The output std is measured on the layer's first call in a forward (a layer reused later in
-  the same forward is measured where it is first used).
+  the same forward is measured where it is first used). Layers never called as modules (e.g.
+  the output projection inside `nn.MultiheadAttention`) keep their pre-init, with a warning.
 - Batch-norm layers normalize with batch statistics and never update their running statistics;
   dropout is off. The model is never edited during the search: it runs through `functional_call`
   and is written once at the end, after a last full forward checks the loss is finite.
@@ -18,9 +19,10 @@ Where initlab departs from the authors' code, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -49,6 +51,21 @@ class LSUVConfig:
         positive("target_std", self.target_std)
         positive("tol", self.tol)
         integer("max_tries", self.max_tries)
+
+
+@contextlib.contextmanager
+def _no_attention_fastpath() -> Iterator[None]:
+    """Transformer layers' fused inference path skips their Linear modules' forward (and hooks)."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "get_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 class _Stop(Exception):
@@ -136,7 +153,7 @@ def lsuv(
         loss_fn(Substituted(model, dict(zip(names, (values[n] for n in names)))), batch)
 
     try:
-        with search_mode(model), torch.no_grad():
+        with search_mode(model), torch.no_grad(), _no_attention_fastpath():
             run(stream.next())  # records the forward order
             order = list(probe.order)
             missing = [layer_names[id(m)] for m in layers if all(m is not o for o in order)]

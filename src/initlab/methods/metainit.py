@@ -14,6 +14,8 @@ Where initlab departs from the authors' code, and why:
   W = (|W| / |W0|) * W0, the norms kept in float64, and the result is written once at the end.
 - A norm may not fall below `min_scale` times its start (authors: no floor; a norm that crossed
   zero would flip the tensor's sign). sign(0) is taken as +1 in the denominator, as they do.
+- Attention runs on PyTorch's math kernel during the search: the fused ones have no double
+  backward.
 - Batch-norm layers use the batch's statistics during the search (as in GradInit) where the
   authors call `model.eval()`; running statistics are never updated.
 """
@@ -34,7 +36,7 @@ from ..core.progress import progress_bar
 from ..core.report import InitReport, mark_applied
 from ..registry import register
 from ..version import __version__
-from ._common import generator, integer, note_unchanged, positive, require
+from ._common import double_backward_attention, generator, integer, note_unchanged, positive, require
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def metainit(
     bar = progress_bar(cfg.steps, progress, "metainit")
     t = 0
     try:
-        with search_mode(model):
+        with search_mode(model), double_backward_attention():
             for t in range(cfg.steps):
                 scale = (norms / norm0).tolist()
                 leaves = [(w * (s if k else 1.0)).requires_grad_()

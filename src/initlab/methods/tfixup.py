@@ -15,8 +15,11 @@ It works on `nn.Transformer` and on any model built from `nn.TransformerEncoderL
 `nn.TransformerDecoderLayer` and `nn.Embedding`. Embeddings are told apart by name (`src`,
 `source`, `enc`, `encoder` vs `tgt`, `trg`, `target`, `dec`, `decoder`) or by the
 `encoder_embeddings=` / `decoder_embeddings=` settings; others (e.g. learned positions) are left
-alone with a warning. The paper also removes LayerNorm: initlab only sets weights, the
-architecture is the user's.
+alone with a warning.
+
+Where initlab departs from the authors' code, and why: the paper also removes LayerNorm, while
+initlab only sets weights (the architecture is the user's); `nn.MultiheadAttention`'s packed
+(3d, d) input projection gets Xavier on each (d, d) block, as separate q/k/v projections would.
 """
 from __future__ import annotations
 
