@@ -22,7 +22,7 @@ def test_zeros_and_scaled_he(n_blocks, m):
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
     assert torch.equal(model.stem.weight, stem)       # outside the branches: untouched
     for block in model.blocks:
-        linears = [l for l in block.branch if isinstance(l, nn.Linear)]
+        linears = [lin for lin in block.branch if isinstance(lin, nn.Linear)]
         assert len(linears) == m
         assert torch.count_nonzero(linears[-1].weight) == 0
         for lin in linears:

@@ -64,7 +64,8 @@ def test_gq_gradient_along_a_weight_matches_finite_differences():
     (dw,) = torch.autograd.grad(gq, leaves[0])
     ours = torch.vdot(leaves[0].detach().reshape(-1), dw.reshape(-1))
     h = 1e-6
-    fd = (brute_gq(model, batch, scale_first=1 + h) - brute_gq(model, batch, scale_first=1 - h)) / (2 * h)
+    fd = (brute_gq(model, batch, scale_first=1 + h)
+          - brute_gq(model, batch, scale_first=1 - h)) / (2 * h)
     torch.testing.assert_close(ours, fd, rtol=1e-4, atol=1e-8)
 
 
@@ -74,7 +75,8 @@ def test_one_step_is_sign_momentum_on_the_norm():
     batch = batches(1, size=6, features=3, classes=2, dtype=torch.float64)[0]
     w0 = [p.detach().clone() for p in model.parameters()]
     h = 1e-6
-    sign = torch.sign(brute_gq(model, batch, scale_first=1 + h) - brute_gq(model, batch, scale_first=1 - h))
+    sign = torch.sign(brute_gq(model, batch, scale_first=1 + h)
+                      - brute_gq(model, batch, scale_first=1 - h))
     report = metainit(model, [batch], steps=1, lr=0.1)
     norm0 = w0[0].norm()
     expected = (norm0 - 0.1 * sign) / norm0          # m1 = -lr * d, |W| <- |W| + m1

@@ -10,7 +10,8 @@ from method_helpers import ResMLP, assert_same, mlp, snapshot
 
 def test_branch_scalars_zero_and_network_is_identity_through_blocks():
     model = ResMLP(n_blocks=5)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("scale")}
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()
+               if not n.endswith("scale")}
     initlab.initialize(model, "skipinit")
     assert [b.scale.item() for b in model.blocks] == [0.0] * 5
     for n, p in model.named_parameters():                  # only the scalars changed

@@ -57,15 +57,18 @@ def test_factors_equal_the_formula_for_the_given_depths():
         qb, kb, vb = blocks(lb.self_attn)
         assert torch.equal(q, qb) and torch.equal(k, kb)                         # not scaled
         for x, y in [(v, vb), (la.self_attn.out_proj.weight, lb.self_attn.out_proj.weight),
-                     (la.linear1.weight, lb.linear1.weight), (la.linear2.weight, lb.linear2.weight)]:
+                     (la.linear1.weight, lb.linear1.weight),
+                     (la.linear2.weight, lb.linear2.weight)]:
             torch.testing.assert_close(x.detach(), y.detach() * fa["enc"] / fb["enc"])
     for la, lb in zip(dec_a, dec_b):
-        for attn_a, attn_b in [(la.self_attn, lb.self_attn), (la.multihead_attn, lb.multihead_attn)]:
+        for attn_a, attn_b in [(la.self_attn, lb.self_attn),
+                               (la.multihead_attn, lb.multihead_attn)]:
             q, k, v = blocks(attn_a)
             qb, kb, vb = blocks(attn_b)
             assert torch.equal(q, qb) and torch.equal(k, kb)
             torch.testing.assert_close(v, vb * fa["dec"] / fb["dec"])
-            torch.testing.assert_close(attn_a.out_proj.weight, attn_b.out_proj.weight * fa["dec"] / fb["dec"])
+            torch.testing.assert_close(attn_a.out_proj.weight,
+                                       attn_b.out_proj.weight * fa["dec"] / fb["dec"])
         torch.testing.assert_close(la.linear1.weight, lb.linear1.weight * fa["dec"] / fb["dec"])
     torch.testing.assert_close(a.src_embed.weight, b.src_embed.weight * fa["src"] / fb["src"])
     torch.testing.assert_close(a.tgt_embed.weight, b.tgt_embed.weight * fa["tgt"] / fb["tgt"])
@@ -79,7 +82,7 @@ def test_absolute_scales_xavier_and_embeddings():
     f = factors(2, 3)
     layer = model.transformer.encoder.layers[0]
     q, k, v = blocks(layer.self_attn)
-    bound = xavier_bound(q)                                            # each (d, d) block on its own
+    bound = xavier_bound(q)                                   # each (d, d) block on its own
     for w, scale in [(q, 1.0), (k, 1.0), (v, f["enc"])]:
         assert w.abs().max() <= bound * scale
         assert w.abs().max() > 0.9 * bound * scale
@@ -106,7 +109,8 @@ def test_separate_projection_weights_and_explicit_embedding_roles():
                        decoder_embeddings=["tgt_embed", "pos_embed"])
     initlab.initialize(b, "tfixup", seed=2, encoder_embeddings=["src_embed"],
                        decoder_embeddings=["tgt_embed", "pos_embed"], n_decoder=10)
-    attn_a, attn_b = a.transformer.decoder.layers[0].multihead_attn, b.transformer.decoder.layers[0].multihead_attn
+    attn_a = a.transformer.decoder.layers[0].multihead_attn
+    attn_b = b.transformer.decoder.layers[0].multihead_attn
     scale = factors(2, 3)["dec"] / factors(2, 10)["dec"]
     torch.testing.assert_close(attn_a.v_proj_weight, attn_b.v_proj_weight * scale)
     assert torch.equal(attn_a.k_proj_weight, attn_b.k_proj_weight)

@@ -46,7 +46,8 @@ def test_expanding_layer_has_orthogonal_columns():
     torch.testing.assert_close(w.T @ w, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("conv,kernel", [(nn.Conv1d, 3), (nn.Conv2d, 3), (nn.Conv2d, 4), (nn.Conv3d, 3)])
+@pytest.mark.parametrize("conv,kernel",
+                         [(nn.Conv1d, 3), (nn.Conv2d, 3), (nn.Conv2d, 4), (nn.Conv3d, 3)])
 def test_convolutions_put_the_matrix_at_the_kernel_centre(conv, kernel):
     layer = conv(3, 6, kernel)
     initlab.initialize(nn.Sequential(layer), "zero")

@@ -26,7 +26,8 @@ ACTIVATIONS: dict[type, str] = {
 }
 
 
-def weighted_layers(model: nn.Module, types: tuple[type, ...] = LAYERS) -> list[tuple[str, nn.Module]]:
+def weighted_layers(model: nn.Module,
+                    types: tuple[type, ...] = LAYERS) -> list[tuple[str, nn.Module]]:
     """Every distinct Linear/Conv1d/2d/3d of `model` (name, module), in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
 
@@ -48,7 +49,8 @@ def generator(seed: Optional[int]) -> Optional[torch.Generator]:
 def draw(like: torch.Tensor, fill: Callable[..., torch.Tensor], gen: Optional[torch.Generator],
          **kwargs) -> torch.Tensor:
     """A new tensor shaped like `like`, filled by a `torch.nn.init` function (float32/64 on CPU)."""
-    work = torch.empty(like.shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+    wide = like.dtype == torch.float64
+    work = torch.empty(like.shape, dtype=torch.float64 if wide else torch.float32)
     with torch.no_grad():
         fill(work, generator=gen, **kwargs)
     return work.to(device=like.device, dtype=like.dtype)

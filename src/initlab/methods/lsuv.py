@@ -121,8 +121,9 @@ def lsuv(
 
     Returns:
         an `InitReport` with one history entry per layer (tries, the first and last measured
-        output std, each before its rescaling, and the total factor). With `orthonormal=False` its scales replay the rescaling with
-        `initlab.apply`; after an orthonormal pre-init there are no scales to replay.
+        output std, each before its rescaling, and the total factor). With `orthonormal=False`
+        its scales replay the rescaling with `initlab.apply`; after an orthonormal pre-init
+        there are no scales to replay.
     """
     cfg = LSUVConfig(**settings)
     cfg.validate()

@@ -36,7 +36,8 @@ from ..core.progress import progress_bar
 from ..core.report import InitReport, mark_applied
 from ..registry import register
 from ..version import __version__
-from ._common import double_backward_attention, generator, integer, note_unchanged, positive, require
+from ._common import (double_backward_attention, generator, integer, note_unchanged, positive,
+                      require)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def _nonzero_sign(g: torch.Tensor) -> torch.Tensor:
     return torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
 
 
-def gradient_quotient(loss: torch.Tensor, tensors: list[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+def gradient_quotient(loss: torch.Tensor, tensors: list[torch.Tensor],
+                      eps: float = 1e-5) -> torch.Tensor:
     """GQ of `loss` at `tensors` (leaves that require grad), differentiable with respect to them."""
     gs = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
     if all(g is None for g in gs):

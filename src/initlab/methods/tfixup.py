@@ -61,7 +61,8 @@ def embedding_factor(n_layers: int) -> float:
     return (9 * n_layers) ** -0.25
 
 
-def _xavier_attention(attn: nn.MultiheadAttention, plan: Staged, gen: Optional[torch.Generator]) -> None:
+def _xavier_attention(attn: nn.MultiheadAttention, plan: Staged,
+                      gen: Optional[torch.Generator]) -> None:
     if attn.in_proj_weight is not None:  # (3d, d): q, k, v stacked; Xavier on each block
         blocks = [draw(b, torch.nn.init.xavier_uniform_, gen) for b in attn.in_proj_weight.chunk(3)]
         plan.set(attn.in_proj_weight, torch.cat(blocks))
