@@ -1,5 +1,4 @@
 """GradInit's scale gradients against finite differences, and its behaviour as a library call."""
-import copy
 
 import pytest
 import torch

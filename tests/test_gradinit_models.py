@@ -142,3 +142,13 @@ def test_mlp_reduces_the_look_ahead_loss():
     first = sum(x["loss_after"] for x in h[:10]) / 10
     last = sum(x["loss_after"] for x in h[-10:]) / 10
     assert last < first - 0.05, (first, last)
+
+
+def test_attention_constraint_steps_use_a_double_backward_kernel():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(5 * 16, 3))
+    data = [(torch.randn(4, 5, 16), torch.randint(0, 3, (4,))) for _ in range(3)]
+    before = snapshot(model)
+    report = initlab.gradinit(model, data, steps=3, gamma=1e-9)  # constraint steps only
+    assert {h["branch"] for h in report.history} == {"constraint"}
+    finite_and_changed(model, before, report)

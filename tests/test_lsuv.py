@@ -7,8 +7,15 @@ from torch import nn
 
 import initlab
 from initlab.methods.lsuv import lsuv
-from method_helpers import (RaisesAfter, assert_same, batches, bn_dropout_mlp, inf_loss, snapshot,
-                            with_nan)
+from method_helpers import (
+    RaisesAfter,
+    assert_same,
+    batches,
+    bn_dropout_mlp,
+    inf_loss,
+    snapshot,
+    with_nan,
+)
 
 
 class Shuffled(nn.Module):

@@ -9,9 +9,16 @@ from torch.func import functional_call
 
 import initlab
 from initlab.methods.metainit import gradient_quotient, metainit
-from method_helpers import (RaisesAfter, assert_same, batches, bn_dropout_mlp, inf_loss, mlp,
-                            snapshot, with_nan)
-
+from method_helpers import (
+    RaisesAfter,
+    assert_same,
+    batches,
+    bn_dropout_mlp,
+    inf_loss,
+    mlp,
+    snapshot,
+    with_nan,
+)
 
 # ---- brute force: GQ from the formula, with H from torch.autograd.functional.hessian ----------
 

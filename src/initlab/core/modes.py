@@ -36,6 +36,16 @@ def search_mode(model: nn.Module, batch_stats: bool = True) -> Iterator[None]:
         restore_buffers(model, buffers)
 
 
+def double_backward_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention on its math kernel, the one with a double backward (the
+    fused CPU/GPU kernels raise "derivative for ..._backward is not implemented")."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no fused-kernel selection to undo
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def snapshot_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: b.detach().clone() for name, b in model.named_buffers() if b is not None}
 

@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
-import torch
 from torch import nn
 
 # What a user may pass as `params=` / `exclude=`:

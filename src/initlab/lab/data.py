@@ -15,9 +15,10 @@ import gzip
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -61,8 +62,8 @@ class Dataset:
                 f"shape={tuple(self.x_train.shape[1:])}, classes={self.num_classes})")
 
 
-def load_dataset(name: str, root: Optional[PathLike] = None, *, subset: Optional[int] = None,
-                 test_subset: Optional[int] = None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, root: PathLike | None = None, *, subset: int | None = None,
+                 test_subset: int | None = None, seed: int = 0) -> Dataset:
     """Load a data set by name ("digits" or "fashion-mnist").
 
     `subset` / `test_subset` keep that many examples of the train / test split, chosen by a
@@ -83,7 +84,7 @@ def load_dataset(name: str, root: Optional[PathLike] = None, *, subset: Optional
     return data
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int):
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
     if n is None or n >= len(y):
         return x, y
     if n < 1:
@@ -105,7 +106,7 @@ def _digits():
     return x[i_tr], y[i_tr], x[i_te], y[i_te]
 
 
-def fashion_mnist_dir(root: Optional[PathLike] = None) -> Path:
+def fashion_mnist_dir(root: PathLike | None = None) -> Path:
     """The folder holding Fashion-MNIST's IDX files, or `DataNotFoundError` saying how to get it."""
     where = root if root is not None else os.environ.get("INITLAB_DATA") or None
     if where is not None:  # a place the user named: look only there
@@ -137,7 +138,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _fashion_mnist(root: Optional[PathLike]):
+def _fashion_mnist(root: PathLike | None):
     folder = fashion_mnist_dir(root)
     out = []
     for split in ("train", "test"):
@@ -156,13 +157,14 @@ class Batches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False,
-                 device: Union[str, torch.device, None] = None):
+                 device: str | torch.device | None = None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y = (x.to(device), y.to(device)) if device is not None else (x, y)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed = seed
         self.passes = 0
 
     def __len__(self) -> int:

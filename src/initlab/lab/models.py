@@ -7,7 +7,8 @@ layer is always called `classifier`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
                 depth: int | None = None, width: int | None = None, bn: bool = False,
                 activation: str = "relu", **kw: Any) -> nn.Module:
     """A lab model by name; `depth` and `width` default to each model's own defaults."""
-    sized: dict[str, Any] = {k: v for k, v in dict(depth=depth, width=width).items()
+    sized: dict[str, Any] = {k: v for k, v in {"depth": depth, "width": width}.items()
                              if v is not None}
     if name == "mlp":
         if bn:
@@ -163,7 +164,8 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
     if activation != "relu":
         raise ValueError(f"{name} uses ReLU; activation= applies to the MLP only")
     if name == "vgg":
-        return VGG(in_channels, bn=bn, num_classes=num_classes, image_size=image_size, **sized, **kw)
+        return VGG(in_channels, bn=bn, num_classes=num_classes, image_size=image_size,
+                   **sized, **kw)
     if name == "resnet":
         return ResNet(in_channels, bn=bn, num_classes=num_classes, **sized, **kw)
     raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"        # "cosine" (to 0 at the last step) or "constant"
     warmup_epochs: float = 0.0      # linear warmup from 0, counted in epochs (may be fractional)
-    clip: Optional[float] = None    # clip the global gradient L2 norm to this value
+    clip: float | None = None    # clip the global gradient L2 norm to this value
     device: str = "cpu"
     progress: bool = False          # tqdm bars (for a person watching)
 
@@ -50,15 +50,15 @@ class RunResult:
     test_loss: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     diverged: bool = False
-    diverged_epoch: Optional[int] = None     # 1-based epoch in which the loss went non-finite
+    diverged_epoch: int | None = None     # 1-based epoch in which the loss went non-finite
     seconds: float = 0.0
 
     @property
-    def first_epoch_acc(self) -> Optional[float]:
+    def first_epoch_acc(self) -> float | None:
         return self.test_acc[0] if self.test_acc else None
 
     @property
-    def best_acc(self) -> Optional[float]:
+    def best_acc(self) -> float | None:
         return max(self.test_acc) if self.test_acc else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,14 +7,13 @@ seeded rule gives the same numbers on every device.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from ..core.modes import write_params
+from ..core.modes import double_backward_attention, write_params  # noqa: F401 (re-exported)
 
 #: The layers the weight rules act on (ConvTranspose is left out: its weight is (in, out, k...)).
 LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -30,16 +29,6 @@ def weighted_layers(model: nn.Module,
                     types: tuple[type, ...] = LAYERS) -> list[tuple[str, nn.Module]]:
     """Every distinct Linear/Conv1d/2d/3d of `model` (name, module), in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
-
-
-def double_backward_attention() -> contextlib.AbstractContextManager:
-    """Scaled-dot-product attention on its math kernel, the one with a double backward (the
-    fused CPU/GPU kernels raise "derivative for ..._backward is not implemented")."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: no fused-kernel selection to undo
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 def generator(seed: Optional[int]) -> Optional[torch.Generator]:

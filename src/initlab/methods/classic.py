@@ -22,8 +22,16 @@ import torch
 from torch import nn
 
 from ..registry import register
-from ._common import (Staged, detect_activation, draw, generator, leaky_slope, note_unchanged,
-                      require, weighted_layers)
+from ._common import (
+    Staged,
+    detect_activation,
+    draw,
+    generator,
+    leaky_slope,
+    note_unchanged,
+    require,
+    weighted_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,7 @@ def _apply(rule: str, model: nn.Module, settings: dict[str, Any]) -> None:
     gain = torch.nn.init.calculate_gain(act, slope) if act else 1.0
     gen, plan = generator(cfg.seed), Staged()
     try:
-        for name, m in layers:
+        for _name, m in layers:
             if rule == "kaiming":
                 fill = (torch.nn.init.kaiming_normal_ if cfg.distribution == "normal"
                         else torch.nn.init.kaiming_uniform_)

@@ -22,8 +22,17 @@ import torch
 from torch import nn
 
 from ..registry import register
-from ._common import (Staged, detect_activation, draw, generator, leaky_slope, note_unchanged,
-                      positive, require, weighted_layers)
+from ._common import (
+    Staged,
+    detect_activation,
+    draw,
+    generator,
+    leaky_slope,
+    note_unchanged,
+    positive,
+    require,
+    weighted_layers,
+)
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from torch import nn
 
 from ..core.batches import BatchStream, concat, split_thirds
 from ..core.loss import LossFn, Substituted, checked_loss, default_loss
-from ..core.modes import search_mode, write_params
-from ..core.progress import progress_bar
+from ..core.modes import double_backward_attention, search_mode, write_params
 from ..core.params import ParamFilter, ParamSpec, select_params, trainable_params
+from ..core.progress import progress_bar
 from ..core.report import InitReport, mark_applied
 from ..core.scales import ScaleAdam, caps_and_floors
 from ..registry import register
@@ -110,7 +110,9 @@ class GradInitSearch:
 
     # p_i = alpha_i * w_i: detached leaves (first-order passes) or a function of alpha.
     def leaves(self, alpha: torch.Tensor) -> list[torch.Tensor]:
-        return [(w * float(a)).requires_grad_() for w, a in zip(self.w0, alpha.tolist())]
+        with torch.no_grad():  # one fused kernel launch per dtype/device group
+            ps = torch._foreach_mul(self.w0, alpha.tolist())
+        return [p.requires_grad_() for p in ps]
 
     def alpha_leaf(self, alpha: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         a = alpha.to(self.acc).requires_grad_()
@@ -130,9 +132,13 @@ class GradInitSearch:
                 "`model` it was given (not a captured reference to the real model)?")
         return [g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)], used
 
-    def norm(self, gs: list[torch.Tensor]) -> torch.Tensor:
-        """N(g): L2 for sgd, L1 for adam (a differentiable scalar when g carries a graph)."""
-        if self.cfg.target == "adam":
+    def norm(self, gs: list[torch.Tensor], graph: bool) -> torch.Tensor:
+        """N(g): L2 for sgd, L1 for adam (differentiable in alpha when `graph`)."""
+        adam = self.cfg.target == "adam"
+        if not graph:  # fused per-tensor norms
+            per = torch.stack(torch._foreach_norm(gs, 1 if adam else 2, dtype=self.acc))
+            return per.sum() if adam else per.square().sum().sqrt()
+        if adam:
             return sum(g.abs().sum(dtype=self.acc) for g in gs)
         return sum(g.square().sum(dtype=self.acc) for g in gs).sqrt()
 
@@ -148,11 +154,13 @@ class GradInitSearch:
         """Loss on S and its gradient; with `graph`, as functions of the alpha leaf."""
         if graph:
             a, ps = self.alpha_leaf(alpha)
+            with double_backward_attention():
+                loss = self.loss(ps, S, "loss on S")
         else:
             a, ps = None, self.leaves(alpha)
-        loss = self.loss(ps, S, "loss on S")
+            loss = self.loss(ps, S, "loss on S")
         gs, used = self.grad(loss, ps, create_graph=graph)
-        gnorm = self.norm(gs)
+        gnorm = self.norm(gs, graph)
         return dict(a=a, ps=ps, loss=loss, gs=gs, used=used, gnorm=gnorm)
 
     def constraint_grad(self, first: dict) -> torch.Tensor:
@@ -169,9 +177,14 @@ class GradInitSearch:
             after = self.loss(stepped, S_tilde, "loss after the step on S~")
             (da,) = torch.autograd.grad(after / lr, first["a"])
             return da.to(torch.float64), after.detach(), first["used"]
-        gs = [g.detach() for g in first["gs"]]
-        direction = self.step_direction(gs, first["gnorm"].detach())
-        stepped = [(p.detach() - lr * d).requires_grad_() for p, d in zip(first["ps"], direction)]
+        with torch.no_grad():  # p' = p - lr A[g], A held constant (fused)
+            gs, ps = [g.detach() for g in first["gs"]], [p.detach() for p in first["ps"]]
+            if self.cfg.target == "adam":
+                stepped = torch._foreach_add(ps, torch._foreach_sign(gs), alpha=-lr)
+            else:
+                scale = lr / first["gnorm"].item() if self.cfg.normalize_grad else lr
+                stepped = torch._foreach_add(ps, gs, alpha=-scale)
+        stepped = [p.requires_grad_() for p in stepped]
         after = self.loss(stepped, S_tilde, "loss after the step on S~")
         grads, used = self.grad(after / lr, stepped, create_graph=False)
         # d/d alpha_i of J(alpha_i * w_i - lr A) = <dJ/dp'_i, w_i>   (A held constant)

@@ -165,7 +165,7 @@ def lsuv(
                 name, wname = layer_names[id(m)], index[id(m.weight)]
                 where = f"at layer '{name}'"
                 probe.target, factor, first = m, 1.0, None
-                for tries in range(1, cfg.max_tries + 1):
+                for tries in range(1, cfg.max_tries + 1):  # noqa: B007 (used after the loop)
                     probe.output = None
                     try:
                         run(stream.next())

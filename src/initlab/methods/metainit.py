@@ -36,8 +36,14 @@ from ..core.progress import progress_bar
 from ..core.report import InitReport, mark_applied
 from ..registry import register
 from ..version import __version__
-from ._common import (double_backward_attention, generator, integer, note_unchanged, positive,
-                      require)
+from ._common import (
+    double_backward_attention,
+    generator,
+    integer,
+    note_unchanged,
+    positive,
+    require,
+)
 
 log = logging.getLogger(__name__)
 

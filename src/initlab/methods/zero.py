@@ -78,7 +78,7 @@ def zero(model: nn.Module, **settings: Any) -> None:
         raise ValueError("ZerO initializes Linear/Conv1d/2d/3d layers and the model has none")
     plan = Staged()
     try:
-        for name, m in layers:
+        for _name, m in layers:
             plan.set(m.weight, zero_weight(m.weight, getattr(m, "groups", 1)))
             if cfg.zero_bias:
                 plan.zero(m.bias)
