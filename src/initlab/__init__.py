@@ -8,12 +8,21 @@
 from . import methods  # noqa: F401  (registers every method)
 from .core.report import InitReport, apply
 from .core.residual import mark_residual_branch, residual_branches
+from .methods.classic import kaiming, orthogonal, xavier
+from .methods.emergence import emergence
+from .methods.fixup import fixup
 from .methods.gradinit import TRANSFORMER_RECIPE, GradInitConfig, gradinit
+from .methods.lsuv import LSUVConfig, lsuv
+from .methods.metainit import MetaInitConfig, gradient_quotient, metainit
+from .methods.skipinit import skipinit
+from .methods.tfixup import tfixup
+from .methods.zero import zero as zero_init
 from .registry import available_methods, initialize, method_info
 from .version import __version__
 
 __all__ = [
-    "GradInitConfig", "InitReport", "TRANSFORMER_RECIPE", "__version__", "apply",
-    "available_methods", "gradinit", "initialize", "mark_residual_branch", "method_info",
-    "residual_branches",
+    "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "TRANSFORMER_RECIPE",
+    "__version__", "apply", "available_methods", "emergence", "fixup", "gradient_quotient",
+    "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
+    "method_info", "orthogonal", "residual_branches", "skipinit", "tfixup", "xavier", "zero_init",
 ]
