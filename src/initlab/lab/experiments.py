@@ -113,9 +113,12 @@ def run_one(cfg: CompareConfig, data: Dataset, name: str, seed: int) -> dict[str
     torch.manual_seed(seed)
     result: RunResult = train(model, train_batches, test_batches, cfg.train,
                               desc=f"{name} seed {seed}")
-    log.info("%s seed %d: first-epoch acc %s, best acc %s%s", name, seed, result.first_epoch_acc,
-             result.best_acc, f", diverged in epoch {result.diverged_epoch}"
-             if result.diverged else "")
+    parts = [] if result.best_acc is None else [
+        f"first-epoch acc {result.first_epoch_acc:.4f}", f"best acc {result.best_acc:.4f}"]
+    if result.diverged:
+        parts.append(f"diverged in epoch {result.diverged_epoch}")
+    log.info("%s seed %d: %s (init %.1f s, training %.0f s)", name, seed, ", ".join(parts),
+             init_seconds, result.seconds)
     return dict(seed=seed, init_seconds=init_seconds, settings=settings, **result.to_dict())
 
 
@@ -222,7 +225,8 @@ def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
