@@ -219,7 +219,9 @@ def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, color=color, lw=2, label=name, marker=".")
     c = results["config"]
-    ax.set_title(f"{c['data']}, {c['model']}{c['depth'] or ''} {'BN' if c['bn'] else 'no BN'}, "
+    width = f" width {c['width']}" if c["width"] else ""
+    ax.set_title(f"{c['data']}, {c['model']}{c['depth'] or ''}{width} "
+                 f"{'BN' if c['bn'] else 'no BN'}, "
                  f"{c['train']['optimizer']} lr {c['train']['lr']}, {c['seeds']} seeds",
                  fontsize=10)
     ax.set_xlabel("epoch")
