@@ -26,8 +26,6 @@ def test_compare_writes_json_and_plot(tmp_path, capsys):
     run = results["methods"]["kaiming+gradinit"]["runs"][0]
     assert run["settings"]["gradinit"]["steps"] == 4 and run["settings"]["gradinit"]["lr"] == 0.1
     assert run["init_seconds"] > 0
-    # every method starts from the same constructor draws for a seed, so default's seeds differ
-    # from each other but are repeatable
     assert (out / "accuracy.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "kaiming+gradinit" in printed and "results.json" in printed
