@@ -8,7 +8,9 @@ For each model, one run measures the median wall time of:
                look-ahead step, second forward/backward, scale update (|S| = |S~| = 64)
   constraint   initlab's constraint iteration: forward, backward with graph, double backward
   authors-obj  an objective iteration that always builds the graph, as the authors' code does
-  mispredict   an objective iteration whose branch was guessed wrong (graph built, not needed)
+               (also what initlab pays when it wrongly predicts a constraint step)
+  authors-con  a constraint iteration the authors' way: graph on the model's own parameters,
+               gnorm.backward() into .grad, then <p.grad, p> per tensor
   pypi-obj / pypi-con   the PyPI package gradinit==0.1.1 (if installed): its two kinds of step
 and the peak memory of each, as a ratio to the training step's (CUDA: max_memory_allocated;
 CPU: the peak RSS increase of a fresh process running only that kind of step).
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initlab.core.loss import default_loss
+from initlab.core.modes import double_backward_attention
 from initlab.core.params import trainable_params
 from initlab.core.scales import ScaleAdam, caps_and_floors
 from initlab.lab.models import ResNet
@@ -75,7 +78,9 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
     """Each kind of step as a closure over one model and fixed batches."""
     model, batch, loss_fn, target = setup(name, device)
     S, S_tilde = batch(), batch()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # lr=0: the step's arithmetic is all done, but repeated steps time the same model (a model
+    # that trains while it is timed drifts, e.g. into denormal activations that slow CPUs 10x).
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
 
     def train():
         opt.zero_grad(set_to_none=True)
@@ -101,8 +106,18 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
         first["gnorm"].item()
         scales.step(search.constraint_grad(first), active, constraint=True)
 
+    params = [s.param for s in specs]
+
+    def authors_constraint():  # graph through the model's own leaves, gnorm.backward() into .grad
+        with double_backward_attention():  # the fused attention kernels have no double backward
+            gs = torch.autograd.grad(loss_fn(model, S), params, create_graph=True)
+        sum(g.square().sum() for g in gs).sqrt().backward()
+        [float((p.grad * p.detach()).sum()) for p in params]  # their per-tensor scale gradients
+        for p in params:
+            p.grad = None
+
     steps = dict(train=train, objective=objective, constraint=constraint,
-                 **{"authors-obj": lambda: objective(graph=True)})
+                 **{"authors-obj": lambda: objective(graph=True), "authors-con": authors_constraint})
     if kinds is None or any(k.startswith("pypi") for k in kinds):
         steps.update(pypi_steps(name, device))
     return {k: v for k, v in steps.items() if kinds is None or k in kinds}
@@ -156,6 +171,7 @@ def _rss() -> int:
 
 def _peak_rss_child(name: str, device: str, kind: str, queue) -> None:
     """Peak resident memory above the level just before the step, sampled every ~0.5 ms."""
+    torch.set_flush_denormal(True)
     steps = make_steps(name, device, [kind])
     steps[kind]()  # first call: lazy allocations, optimizer state
     peak, stop = [0], threading.Event()
@@ -210,6 +226,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet56,transformer")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
+    torch.set_flush_denormal(True)
     results = {}
     for name in args.models.split(","):
         steps = make_steps(name, args.device)

@@ -41,10 +41,10 @@ class ScaleAdam:
 
     def step(self, grad: torch.Tensor, active: torch.Tensor, constraint: bool) -> None:
         """One update of the scales where `active` (bool, n) with `grad` (float64, n)."""
-        active = active & (self.alpha != 0)
+        active = active.cpu() & (self.alpha != 0)
         if not bool(active.any()):
             return
-        g = grad.to(torch.float64)
+        g = grad.detach().to("cpu", torch.float64)  # scales live on the CPU, whatever the model
         if self.clip is not None:
             g = g.clamp(-self.clip, self.clip)
         b1, b2 = self.betas
