@@ -25,12 +25,13 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
 from ..core.batches import BatchStream, concat, split_thirds
+from ..core.distributed import current_ranks
 from ..core.loss import LossFn, Substituted, checked_loss, default_loss
 from ..core.modes import double_backward_attention, search_mode, write_params
 from ..core.params import ParamFilter, ParamSpec, select_params, trainable_params
@@ -107,6 +108,17 @@ class GradInitSearch:
         wide = any(w.dtype == torch.float64 for w in self.w0)
         self.acc = torch.float64 if wide else torch.float32  # norms and scale leaves
         self.iteration = 0
+        self.is_main, self.replaced = True, False  # one process: no ranks to share with
+
+    # One process: nothing to share. `gradinit_distributed` averages these over the ranks.
+    def share_first(self, fn: Callable[[], dict], where: str) -> dict:
+        return fn()
+
+    def share(self, fn: Callable[[], tuple], where: str) -> tuple:
+        return fn()
+
+    def guarded(self, fn: Callable[[], Any], where: str) -> Any:
+        return fn()
 
     # p_i = alpha_i * w_i: detached leaves (first-order passes) or a function of alpha.
     def leaves(self, alpha: torch.Tensor) -> list[torch.Tensor]:
@@ -115,7 +127,7 @@ class GradInitSearch:
         return [p.requires_grad_() for p in ps]
 
     def alpha_leaf(self, alpha: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        a = alpha.to(self.acc).requires_grad_()
+        a = alpha.to(self.acc).requires_grad_()  # alpha itself when float64: pass a copy
         return a, [w * a_i for w, a_i in zip(self.w0, a.unbind())]
 
     def loss(self, tensors: list[torch.Tensor], batch: Any, what: str) -> torch.Tensor:
@@ -232,6 +244,55 @@ class _Batches:
             return b2
 
 
+def _prepare(model: nn.Module, params: Optional[ParamFilter], exclude: Optional[ParamFilter],
+             settings: dict[str, Any]) -> tuple[GradInitConfig, list[ParamSpec], torch.Tensor]:
+    """Validated settings, the trainable tensors, and which of them get a scale."""
+    cfg = GradInitConfig(**settings)
+    cfg.validate()
+    specs = trainable_params(model)
+    mask = select_params(specs, params, exclude)
+    nonzero = [bool(s.param.detach().abs().sum() > 0) for s in specs]
+    scaled = torch.tensor([m and nz for m, nz in zip(mask, nonzero)])
+    if not specs or not scaled.any():
+        raise ValueError("nothing to scale: the model has no selected, non-zero, floating-point "
+                         "parameter that requires grad" + (" (check params=/exclude=)"
+                                                           if specs else ""))
+    return cfg, specs, scaled
+
+
+def _iteration(search: GradInitSearch, batches: _Batches, opt: ScaleAdam, scaled: torch.Tensor,
+               graph: bool) -> dict[str, Any]:
+    """One iteration: draw S, take a constraint or an objective step on the scales; its record."""
+    cfg, t, started, S = search.cfg, search.iteration, time.perf_counter(), []
+
+    def first_pass(graph: bool) -> dict:
+        if not S:
+            S.append(batches.S())
+        return search.first_pass(opt.alpha.clone(), S[0], graph=graph)  # see alpha_leaf
+
+    first = search.share_first(lambda: first_pass(graph), f"iteration {t}, loss on S")
+    gnorm = first["gnorm"].item()
+    if not math.isfinite(gnorm):
+        raise FloatingPointError(f"non-finite gradient norm {gnorm} (iteration {t})")
+    constraint = gnorm > cfg.gamma
+    if constraint and not graph:  # wrong guess: redo the pass with the graph
+        first = search.share_first(lambda: first_pass(True), f"iteration {t}, loss on S")
+
+    def scale_grad() -> tuple[torch.Tensor, Optional[torch.Tensor], list[bool]]:
+        if constraint:
+            return search.constraint_grad(first), None, first["used"]
+        return search.objective_grad(first, batches.S_tilde())
+
+    da, after, used = search.share(scale_grad, f"iteration {t}, scale gradient")
+    if not bool(torch.isfinite(da).all()):
+        raise FloatingPointError(f"non-finite scale gradient (iteration {t})")
+    opt.step(da, scaled & torch.tensor(used), constraint)
+    return dict(iteration=t, branch="constraint" if constraint else "objective",
+                loss=first["loss"].item(), grad_norm=gnorm,
+                loss_after=None if after is None else after.item(),
+                recomputed=constraint and not graph, seconds=time.perf_counter() - started)
+
+
 @register("gradinit", needs_data=True,
           description="learned per-tensor scales so one optimizer step helps most",
           paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
@@ -265,25 +326,23 @@ def gradinit(
     Returns:
         an `InitReport` with the scales, a per-iteration history and the settings.
     """
-    cfg = GradInitConfig(**settings)
-    cfg.validate()
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    specs = trainable_params(model)
-    mask = select_params(specs, params, exclude)
-    nonzero = [bool(s.param.detach().abs().sum() > 0) for s in specs]
-    scaled = torch.tensor([m and nz for m, nz in zip(mask, nonzero)])
-    if not specs or not scaled.any():
-        raise ValueError("nothing to scale: the model has no selected, non-zero, floating-point "
-                         "parameter that requires grad" + (" (check params=/exclude=)"
-                                                           if specs else ""))
-    search = GradInitSearch(model, specs, loss_fn or default_loss, cfg)
+        model = model.module  # scaled in place, so the DDP wrapper stays valid
+    first_param = next(model.parameters(), None)
+    ranks = current_ranks(first_param.device if first_param is not None else "cpu")
+    prepare = lambda: _prepare(model, params, exclude, settings)  # noqa: E731
+    cfg, specs, scaled = prepare() if ranks is None else ranks.guarded(prepare, "checking settings")
+    if ranks is None:
+        search = GradInitSearch(model, specs, loss_fn or default_loss, cfg)
+    else:  # every rank: g, scale gradients and losses averaged across ranks
+        from .gradinit_distributed import DistributedGradInitSearch
+        search = DistributedGradInitSearch(model, specs, loss_fn or default_loss, cfg, ranks, scaled)
     floors, caps = caps_and_floors([s.is_bias for s in specs], [s.is_norm_weight for s in specs],
                                    cfg.min_scale, cfg.max_scale, cfg.norm_max_scale)
     opt = ScaleAdam(len(specs), cfg.scale_lr, floors, caps, cfg.betas, cfg.eps, cfg.clip)
     batches = _Batches(BatchStream(data, device=specs[0].param.device), cfg)
     history: list[dict[str, Any]] = []
-    bar = progress_bar(cfg.steps, progress, "gradinit")
+    bar = progress_bar(cfg.steps, progress and search.is_main, "gradinit")
     # Build the double-backward graph only when this iteration will likely need it: predicted
     # from the last gradient norm, leaning to "constraint" near the bound because a wrong
     # "objective" guess costs a whole extra pass while a wrong "constraint" guess costs only
@@ -293,37 +352,19 @@ def gradinit(
         with search_mode(model):
             for t in range(cfg.steps):
                 search.iteration = t
-                started = time.perf_counter()
-                S = batches.S()
                 graph = last_norm > PREDICT_MARGIN * cfg.gamma or cfg.second_order
-                first = search.first_pass(opt.alpha, S, graph=graph)
-                gnorm = first["gnorm"].item()
-                if not math.isfinite(gnorm):
-                    raise FloatingPointError(f"non-finite gradient norm {gnorm} (iteration {t})")
-                constraint = gnorm > cfg.gamma
-                if constraint and not graph:  # wrong guess: redo the pass with the graph
-                    first = search.first_pass(opt.alpha, S, graph=True)
-                if constraint:
-                    da, after, used = search.constraint_grad(first), None, first["used"]
-                else:
-                    da, after, used = search.objective_grad(first, batches.S_tilde())
-                if not bool(torch.isfinite(da).all()):
-                    raise FloatingPointError(f"non-finite scale gradient (iteration {t})")
-                opt.step(da, scaled & torch.tensor(used), constraint)
-                last_norm = gnorm
-                history.append(dict(iteration=t, branch="constraint" if constraint else "objective",
-                                    loss=first["loss"].item(), grad_norm=gnorm,
-                                    loss_after=None if after is None else after.item(),
-                                    recomputed=constraint and not graph,
-                                    seconds=time.perf_counter() - started))
-                del first
+                history.append(_iteration(search, batches, opt, scaled, graph))
+                last_norm = history[-1]["grad_norm"]
                 bar.update(1)
-                if (t + 1) % max(1, cfg.steps // 10) == 0:
+                if search.is_main and (t + 1) % max(1, cfg.steps // 10) == 0:
                     log.info("gradinit %d/%d: %s, |g| %.3g, loss %.4g", t + 1, cfg.steps,
-                             history[-1]["branch"], gnorm, history[-1]["loss"])
-        targets = [s.param for s, k in zip(specs, scaled.tolist()) if k]
-        values = [w * float(a) for w, a, k in zip(search.w0, opt.alpha.tolist(), scaled.tolist()) if k]
-        write_params(targets, values)
+                             history[-1]["branch"], last_norm, history[-1]["loss"])
+
+        def final_values() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            keep = [k or search.replaced for k in scaled.tolist()]  # replaced: rank 0's values
+            return ([s.param for s, k in zip(specs, keep) if k],
+                    [w * float(a) for w, a, k in zip(search.w0, opt.alpha.tolist(), keep) if k])
+        write_params(*search.guarded(final_values, "final values"))
     except BaseException as e:
         if hasattr(e, "add_note"):
             e.add_note(f"initlab.gradinit stopped at iteration {search.iteration}; "
