@@ -25,6 +25,15 @@ WORLD = 2
 PER_RANK = 6  # rows per batch on each rank
 
 
+def one_thread():
+    """A fixture body (tests wrap it): one torch thread for tiny models, which two threads only
+    slow down on a busy 2-core machine (they spin-wait); the count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mlp(seed: int, dtype=torch.float64) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),

@@ -12,21 +12,15 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import initlab
-from dist_workers import ALPHA, RUNS, WORLD, mlp, rank_batches, union_batches, worker
+from dist_workers import ALPHA, RUNS, WORLD, mlp, one_thread, rank_batches, union_batches, worker
 from initlab.core.loss import default_loss
 from initlab.core.params import trainable_params
 from initlab.methods.gradinit import GradInitConfig, GradInitSearch
 
 TIMEOUT = 240  # seconds for the whole 2-process run, failures included
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and two spin-wait badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

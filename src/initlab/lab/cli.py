@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import available_methods, method_info
+from . import distributed
 from .data import DATASETS
 from .experiments import CompareConfig, compare, format_table
 from .models import MODELS
@@ -95,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     _add_compare_args(d, DEMO)
     d.set_defaults(out="runs/demo")
     sub.add_parser("methods", help="list the initialization methods")
+    from .translation_grid import add_subcommand  # the translation lab's grid
+    add_subcommand(sub)
     return ap
 
 
@@ -105,7 +108,8 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
         settings.setdefault(method, {})[key] = value
     train = TrainConfig(epochs=a.epochs, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
                         weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup,
-                        clip=a.clip, device=a.device, progress=not a.quiet and sys.stderr.isatty())
+                        clip=a.clip, device=a.device,
+                        progress=not a.quiet and sys.stderr.isatty() and distributed.is_main())
     return CompareConfig(data=a.data, data_dir=a.data_dir, model=a.model, depth=a.depth,
                          width=a.width, bn=a.bn, activation=a.activation, methods=methods,
                          seeds=a.seeds, batch_size=a.batch_size, subset=a.subset,
@@ -119,6 +123,8 @@ def run_compare(a: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
     results = compare(cfg, out=a.out)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return 0
     print()
     print(format_table(results))
     for name, entry in results["methods"].items():
@@ -147,6 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     level = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
     logging.getLogger("initlab.lab").setLevel(level)
+    if a.command == "translate-grid":
+        from .translation_grid import main_from_args
+        return main_from_args(a)
+    if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
+        a.device = distributed.setup(a.device)
+        if not distributed.is_main():
+            logging.getLogger("initlab").setLevel(logging.ERROR)
+        try:
+            return run_compare(a)
+        finally:
+            distributed.teardown()
     if a.command == "demo":
         print(f"initlab demo: {', '.join(a.methods.split(','))} on {a.data}; {a.model} of depth "
               f"{a.depth} {'with' if a.bn else 'without'} normalization, {a.seeds} seeds x "

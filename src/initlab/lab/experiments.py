@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..registry import initialize, method_info
+from . import distributed
 from .data import Batches, Dataset, load_dataset
 from .models import build_model, count_params
 from .train import RunResult, TrainConfig, train
@@ -103,15 +104,16 @@ def run_one(cfg: CompareConfig, data: Dataset, name: str, seed: int) -> dict[str
     model = build_model(cfg.model, in_channels=data.in_channels, image_size=data.image_size,
                         num_classes=data.num_classes, depth=cfg.depth, width=cfg.width,
                         bn=cfg.bn, activation=cfg.activation).to(device)
-    train_batches = Batches(data.x_train, data.y_train, cfg.batch_size, shuffle=True,
-                            seed=1000 * seed, device=device)
+    train_batches = distributed.shard(Batches(data.x_train, data.y_train, cfg.batch_size,
+                                              shuffle=True, seed=1000 * seed, device=device))
     test_batches = Batches(data.x_test, data.y_test, 1000, device=device)
-    init_batches = Batches(data.x_train, data.y_train, max(1, cfg.batch_size // 2), shuffle=True,
-                           seed=1000 * seed + 500, drop_last=True, device=device)
+    init_batches = distributed.shard(Batches(  # under torchrun: this rank's rows of each batch
+        data.x_train, data.y_train, max(1, cfg.batch_size // 2), shuffle=True,
+        seed=1000 * seed + 500, drop_last=True, device=device))
     settings = {part: method_settings(part, cfg, train_batches) for part in check_methods(name)}
     init_seconds = init_model(model, name, init_batches, settings)
     torch.manual_seed(seed)
-    result: RunResult = train(model, train_batches, test_batches, cfg.train,
+    result: RunResult = train(distributed.wrap(model), train_batches, test_batches, cfg.train,
                               desc=f"{name} seed {seed}")
     parts = [] if result.best_acc is None else [
         f"first-epoch acc {result.first_epoch_acc:.4f}", f"best acc {result.best_acc:.4f}"]
@@ -153,7 +155,8 @@ def compare(cfg: CompareConfig, out: str | Path | None = None) -> dict[str, Any]
     log.info("comparing %s on %r", ", ".join(cfg.methods), data)
     results: dict[str, Any] = {
         "config": asdict(cfg), "data": repr(data), "machine": machine_info(cfg.train.device),
-        "date": datetime.date.today().isoformat(), "methods": {}}
+        "date": datetime.date.today().isoformat(), "methods": {},
+        "processes": distributed.rank_and_size()[1]}
     torch.manual_seed(0)
     probe = build_model(cfg.model, in_channels=data.in_channels, image_size=data.image_size,
                         depth=cfg.depth, width=cfg.width, bn=cfg.bn, activation=cfg.activation)
@@ -169,7 +172,7 @@ def compare(cfg: CompareConfig, out: str | Path | None = None) -> dict[str, Any]
                 entry["error"] = f"{type(e).__name__}: {e}"
                 break
         entry["summary"] = summarize(entry["runs"])
-        if out is not None:  # after every method, so a stopped experiment keeps what it did
+        if out is not None and distributed.is_main():  # after every method: a stopped run keeps it
             write_results(results, out)
     return results
 

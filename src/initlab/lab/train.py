@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.progress import progress_bar
 from .data import Batches
+from .distributed import mean_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def train(model: nn.Module, train_batches: Batches, test_batches: Batches,
             running += loss.detach()
             bar.update(1)
         # One host sync per epoch: a non-finite step makes the running sum non-finite too.
-        train_loss = running.item() / steps_per_epoch
+        # Under torchrun: the mean over ranks, so every rank stops together.
+        train_loss = mean_over_ranks(running).item() / steps_per_epoch
         if not math.isfinite(train_loss):
             result.diverged, result.diverged_epoch = True, epoch
             log.warning("%s: training loss became non-finite in epoch %d; run marked diverged",
