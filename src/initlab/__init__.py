@@ -8,6 +8,9 @@
 from . import methods  # noqa: F401  (registers every method)
 from .core.report import InitReport, apply
 from .core.residual import mark_residual_branch, residual_branches
+from .methods.archscale import archscale_init, archscale_lr, path_depths
+from .methods.autoinit import AutoInitConfig, autoinit
+from .methods.autoinit_maps import Moments, register_elementwise, register_moment_map
 from .methods.classic import kaiming, orthogonal, xavier
 from .methods.emergence import emergence
 from .methods.fixup import fixup
@@ -21,8 +24,10 @@ from .registry import available_methods, initialize, method_info
 from .version import __version__
 
 __all__ = [
-    "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "TRANSFORMER_RECIPE",
-    "__version__", "apply", "available_methods", "emergence", "fixup", "gradient_quotient",
-    "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
-    "method_info", "orthogonal", "residual_branches", "skipinit", "tfixup", "xavier", "zero_init",
+    "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",
+    "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr", "autoinit",
+    "available_methods", "emergence", "fixup", "gradient_quotient", "gradinit", "initialize",
+    "kaiming", "lsuv", "mark_residual_branch", "metainit", "method_info", "orthogonal",
+    "path_depths", "register_elementwise", "register_moment_map", "residual_branches",
+    "skipinit", "tfixup", "xavier", "zero_init",
 ]

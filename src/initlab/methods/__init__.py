@@ -2,3 +2,4 @@
 # ruff: noqa: I001, F401  (import order = the order of available_methods())
 from . import default, gradinit, metainit, lsuv, fixup, skipinit, zero, tfixup, emergence
 from . import classic
+from . import autoinit, archscale

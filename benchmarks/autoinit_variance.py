@@ -1,0 +1,237 @@
+"""AutoInit variance preservation on eight architectures (issue 5, SPEC §4).
+
+For each architecture and seed: build the model (PyTorch's default init), measure every
+Linear/Conv output's variance on a batch of random normal inputs (forward hooks, train mode),
+then apply `initlab.autoinit` (sigma^2 = 1) and measure again on a fresh batch. Reported: the
+worst layer's relative deviation |var - 1| per architecture (median and max over seeds).
+
+    nice -n 10 .venv/bin/python benchmarks/autoinit_variance.py --seeds 3 --json runs/autoinit_variance.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import initlab
+from initlab.lab.models import ResNet
+
+
+class MLP(nn.Sequential):
+    def __init__(self, act: type, depth: int = 20, width: int = 512, d_in: int = 64):
+        layers: list[nn.Module] = []
+        for i in range(depth - 1):
+            layers += [nn.Linear(d_in if i == 0 else width, width), act()]
+        super().__init__(*layers, nn.Linear(width, 10))
+
+
+class DropoutMLP(nn.Sequential):
+    def __init__(self, depth: int = 12, width: int = 512, p: float = 0.3):
+        layers: list[nn.Module] = []
+        for i in range(depth - 1):
+            layers += [nn.Linear(64 if i == 0 else width, width), nn.ReLU(), nn.Dropout(p)]
+        super().__init__(*layers, nn.Linear(width, 10))
+
+
+class PlainCNN(nn.Module):
+    """30 conv layers 3x3 + ReLU, no normalization, two stride-2 convs, GAP + Linear."""
+
+    def __init__(self, depth: int = 30, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 3
+        for i in range(depth):
+            stride = 2 if i in (depth // 3, 2 * depth // 3) else 1
+            layers += [nn.Conv2d(c, width, 3, stride=stride, padding=1), nn.ReLU()]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class DenseNet(nn.Module):
+    """Dense blocks (each layer sees the concatenation of all before), 1x1 transitions."""
+
+    def __init__(self, blocks: int = 3, layers: int = 4, growth: int = 12, c0: int = 24):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c0, 3, padding=1)
+        self.blocks, self.transitions = nn.ModuleList(), nn.ModuleList()
+        c = c0
+        for b in range(blocks):
+            convs = nn.ModuleList()
+            for _ in range(layers):
+                convs.append(nn.Conv2d(c, growth, 3, padding=1))
+                c += growth
+            self.blocks.append(convs)
+            if b < blocks - 1:
+                self.transitions.append(nn.Conv2d(c, c // 2, 1))
+                c //= 2
+        self.classifier = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for b, convs in enumerate(self.blocks):
+            for conv in convs:
+                h = torch.cat([h, conv(F.relu(h))], dim=1)
+            if b < len(self.transitions):
+                h = F.avg_pool2d(self.transitions[b](F.relu(h)), 2)
+        return self.classifier(F.relu(h).mean(dim=(2, 3)))
+
+
+class Gated(nn.Module):
+    """GLU-style blocks: h = tanh(f(h)) * sigmoid(g(h))."""
+
+    def __init__(self, depth: int = 10, width: int = 256):
+        super().__init__()
+        self.inp = nn.Linear(64, width)
+        self.f = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.g = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.out = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for f, g in zip(self.f, self.g):
+            h = torch.tanh(f(h)) * torch.sigmoid(g(h))
+        return self.out(h)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN Transformer encoder layer written out (q, k, v, out projections; GELU FFN)."""
+
+    def __init__(self, d: int = 64, heads: int = 4, ff: int = 256):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v)                # (b, heads, t, d/heads)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+
+
+class Transformer(nn.Module):
+    def __init__(self, layers: int = 6, d: int = 64):
+        super().__init__()
+        self.layers = nn.Sequential(*(EncoderLayer(d) for _ in range(layers)))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:               # x: (b, t, d)
+        return self.head(self.layers(x).mean(1))
+
+
+class SeparableCNN(nn.Module):
+    """Depthwise 3x3 (groups = channels) then pointwise 1x1 + ReLU, repeated; GAP + Linear."""
+
+    def __init__(self, blocks: int = 10, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+        for _ in range(blocks):
+            layers += [nn.Conv2d(width, width, 3, padding=1, groups=width),
+                       nn.Conv2d(width, width, 1), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+IMAGE = (3, 16, 16)
+ARCHITECTURES = {
+    "MLP 20 layers, tanh": (lambda: MLP(nn.Tanh), (64,)),
+    "MLP 20 layers, GELU": (lambda: MLP(nn.GELU), (64,)),
+    "MLP 20 layers, SiLU": (lambda: MLP(nn.SiLU), (64,)),
+    "plain CNN, 30 conv layers": (PlainCNN, IMAGE),
+    "ResNet-20 without BN (lab)": (lambda: ResNet(3, depth=20, bn=False), IMAGE),
+    "DenseNet-style concat blocks": (DenseNet, IMAGE),
+    "gated (tanh x sigmoid) MLP": (Gated, (64,)),
+    "MLP + dropout 0.3 (train mode)": (DropoutMLP, (64,)),
+    "Transformer encoder, 6 pre-LN layers": (Transformer, (16, 64)),
+    "depthwise-separable CNN": (SeparableCNN, IMAGE),
+}
+
+
+def layer_variances(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Output variance of every Linear/Conv on `x` (first call of each), via forward hooks."""
+    out: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(module, args, output):
+            out.setdefault(name, output.detach().double().var().item())
+        return record
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def worst(variances: dict[str, float]) -> tuple[str, float]:
+    name = max(variances, key=lambda n: abs(variances[n] - 1))
+    return name, variances[name] - 1
+
+
+def run(seeds: int, batch: int) -> list[dict]:
+    rows = []
+    for arch, (build, shape) in ARCHITECTURES.items():
+        per_seed = []
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            model = build()
+            x = torch.randn(batch, *shape)
+            default = worst(layer_variances(model, x))
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no unknown operation may pass silently
+                initlab.autoinit(model, x, seed=seed)
+            seconds = time.perf_counter() - start
+            auto = worst(layer_variances(model, torch.randn(batch, *shape)))
+            per_seed.append(dict(seed=seed, default=default, autoinit=auto, seconds=seconds,
+                                 layers=len(layer_variances(model, x))))
+        rows.append(dict(architecture=arch, runs=per_seed))
+        print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    def stat(key: str) -> str:
+        devs = [abs(r[key][1]) for r in row["runs"]]
+        return f"{100 * statistics.median(devs):.1f} % (max {100 * max(devs):.1f} %)"
+    r0 = row["runs"][0]
+    return (f"| {row['architecture']} | {r0['layers']} | {stat('default')} | {stat('autoinit')} "
+            f"| {statistics.fmean(r['seconds'] for r in row['runs']):.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    print("| architecture | weighted layers | default init: worst layer |var-1| | "
+          "AutoInit: worst layer |var-1| | AutoInit s |")
+    print("|---|---|---|---|---|")
+    rows = run(args.seeds, args.batch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""AutoInit: analytic, signal-preserving weight initialization from the model's graph.
+
+Bingham & Miikkulainen, "AutoInit: Analytic Signal-Preserving Weight Initialization for Neural
+Networks", AAAI 2023 (arXiv 2109.08958). The model is traced with `torch.fx`; the (mean,
+variance) of the signal is propagated node by node from the input's, and each weighted layer
+(Linear, Conv1d/2d/3d incl. grouped and depthwise, Embedding) gets
+
+    Var(W) = sigma^2 / (fan_in * (var_in + mean_in^2)),   bias 0     (Embedding: Var = sigma^2)
+
+so its output has mean 0 and variance sigma^2. How each operation changes the moments is in
+`autoinit_maps.py` / `autoinit_layers.py`; users can register maps for their own operations.
+
+Where initlab departs from the paper (whose code is TensorFlow-only; ours is written from the
+formulas), and why:
+- A third statistic, the variance shared across positions, makes global average pooling come
+  out right (see `autoinit_maps.py`); zero padding of convolutions is counted.
+- Downstream statistics use the weights actually drawn, not their expectation, so a layer
+  corrects the sampling error of the layers before it.
+- Statistics follow the model's current mode: dropout and batch statistics as in training
+  when the model is in `train()` mode (PyTorch's default for a new model).
+Unknown operations pass the statistics of their first input through, with a warning naming
+them. Nothing is written to the model until every layer has been computed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import fx, nn
+
+from ..core.graph import LeafSpec, module_of, op_name, tensor_shapes, trace
+from ..core.modes import search_mode
+from ..core.params import trainable_params
+from ..core.report import InitReport, mark_applied
+from ..registry import register
+from ..version import __version__
+from . import autoinit_layers  # noqa: F401  (registers the layer maps)
+from ._common import Staged, generator, integer, note_unchanged, positive, require
+from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map, moments
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 256  # samples whose statistics are propagated separately
+
+
+@dataclass
+class AutoInitConfig:
+    signal_variance: float = 1.0          # sigma^2: every weighted layer's output variance
+    input_moments: Any = "standard"       # "standard": (0, 1); "measure": from example_input;
+    #                                       or (mean, variance)
+    distribution: str = "normal"          # weights drawn "normal" or "uniform" (same variance)
+    leaf_modules: Sequence[LeafSpec] = ()  # module types / names not traced into
+    quadrature_points: int = 128          # Gauss-Hermite nodes for elementwise functions
+    mc_samples: int = 4096                # Monte Carlo draws (per sample) for pooling, softmax
+    seed: Optional[int] = None            # weight draws and Monte Carlo; None: torch's generator
+
+    def validate(self) -> None:
+        positive("signal_variance", self.signal_variance)
+        require(self.distribution in ("normal", "uniform"),
+                f"distribution must be 'normal' or 'uniform', got {self.distribution!r}")
+        ok = self.input_moments in ("standard", "measure") or (
+            isinstance(self.input_moments, (tuple, list)) and len(self.input_moments) == 2
+            and float(self.input_moments[1]) > 0)
+        require(ok, "input_moments must be 'standard' (mean 0, variance 1), 'measure' (from "
+                f"example_input) or (mean, variance > 0), got {self.input_moments!r}")
+        integer("quadrature_points", self.quadrature_points, minimum=8)
+        require(self.quadrature_points <= 256, "quadrature_points must be <= 256 (numpy's "
+                "Gauss-Hermite weights underflow beyond)")
+        integer("mc_samples", self.mc_samples, minimum=256)
+
+
+class _Layers:
+    """The weights AutoInit draws, staged until the end; what `ctx.layers` gives the maps."""
+
+    def __init__(self, cfg: AutoInitConfig, gen: Optional[torch.Generator]):
+        self.cfg, self.gen = cfg, gen
+        self.staged = Staged()
+        self.done: set[int] = set()
+        self.history: list[dict[str, Any]] = []
+        self.profiles: dict[str, list[torch.Tensor]] = {}   # conv output: profile per spatial dim
+        self.root: Optional[fx.GraphModule] = None
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return module_of(self.root, node)
+
+    def value(self, p: torch.Tensor) -> torch.Tensor:
+        return self.staged.get(p)
+
+    def _draw(self, like: torch.Tensor, std: float) -> torch.Tensor:
+        if self.cfg.distribution == "normal":
+            w = torch.randn(like.shape, generator=self.gen, dtype=torch.float64) * std
+        else:  # U(-a, a) has variance a^2 / 3
+            w = (torch.rand(like.shape, generator=self.gen, dtype=torch.float64) * 2 - 1)
+            w *= std * math.sqrt(3)
+        return w
+
+    def weight(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               x: Moments) -> torch.Tensor:
+        if id(weight) in self.done or not weight.requires_grad:
+            return self.value(weight)
+        mean, var = x.pooled()
+        second = float(x.second.mean())                          # E[x^2] over all samples
+        if not second > 0:
+            raise ValueError(f"the input of layer '{name}' is predicted to be constant zero "
+                             f"(mean {mean:.3g}, variance {var:.3g}); AutoInit cannot scale "
+                             "its weights. Is a layer before it dead (e.g. a ReLU of a "
+                             "negative constant)?")
+        fan_in = weight.shape[1] * math.prod(weight.shape[2:])   # grouped: in/groups * taps
+        std = math.sqrt(self.cfg.signal_variance / (fan_in * second))
+        w = self._draw(weight, std)
+        self.staged.set(weight, w)
+        self.staged.zero(bias)
+        self.done.add(id(weight))
+        self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
+                                 weight_std=std))
+        return w
+
+    def embedding(self, name: str, m: nn.Embedding) -> torch.Tensor:
+        if id(m.weight) in self.done or not m.weight.requires_grad:
+            return self.value(m.weight)
+        std = math.sqrt(self.cfg.signal_variance)
+        w = self._draw(m.weight, std)
+        if m.padding_idx is not None:
+            w[m.padding_idx] = 0
+        self.staged.set(m.weight, w)
+        self.done.add(id(m.weight))
+        self.history.append(dict(layer=name, fan_in=1, input_mean=None, input_var=None,
+                                 weight_std=std))
+        return w
+
+
+def _input_moments(cfg: AutoInitConfig, x: Any, gen: torch.Generator) -> Optional[Moments]:
+    """Per-sample input statistics (S samples): measured on `x`, or on i.i.d. normal inputs of
+    the same per-sample shape with the configured mean and variance. Per-sample spread matters:
+    for activations like SiLU/GELU the variance map is convex in a sample's scale."""
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+        return None  # token ids and other non-float inputs have no signal statistics
+    x = x.detach().double().cpu()
+    if x.dim() < 2:
+        x = x.reshape(1, -1)
+    per = math.prod(x.shape[1:])
+    n = max(8, min(MAX_SAMPLES, 2 ** 22 // max(1, per)))  # S samples, at most ~4M numbers
+    if cfg.input_moments == "measure":
+        v = x[:n]
+    else:
+        mean, var = (0.0, 1.0) if cfg.input_moments == "standard" else cfg.input_moments
+        v = torch.randn((n, *x.shape[1:]), generator=gen, dtype=torch.float64)
+        v = v * math.sqrt(float(var)) + float(mean)
+    flat = v.reshape(v.shape[0], -1)
+    total = flat.var(1, unbiased=False)
+    shared = torch.zeros_like(total)
+    if v.dim() >= 3:  # variance over channels of each channel's mean over positions, less noise
+        pos = math.prod(v.shape[2:])
+        shared = v.flatten(2).mean(2).var(1, unbiased=False) - total / pos
+    return moments(flat.mean(1), total, shared)
+
+
+def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitConfig,
+              gen: torch.Generator) -> dict[str, Any]:
+    """Moments of every node, in graph order, drawing weights on the way (see `_Layers`)."""
+    layers.root = gm
+    with search_mode(gm):  # shape propagation must not touch batch-norm statistics
+        shapes = tensor_shapes(gm, inputs)
+    est: dict[str, Any] = {}
+    unknown: dict[str, list[str]] = {}
+    placeholders = iter(inputs)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            est[node.name] = _input_moments(cfg, next(placeholders, None), gen)
+            continue
+        if node.op == "get_attr":
+            attr = gm
+            for part in str(node.target).split("."):
+                attr = getattr(attr, part)
+            est[node.name] = constant(layers.value(attr) if isinstance(attr, nn.Parameter)
+                                      else attr)
+            continue
+        if node.op == "output":
+            continue
+        module = module_of(gm, node) if node.op == "call_module" else None
+        ctx = MapContext(node, module, *fx.node.map_arg((node.args, node.kwargs), lambda n: est.get(n.name)),
+                         shapes, layers, cfg.quadrature_points, cfg.mc_samples, gen)
+        if shapes.get(node.name) is None:
+            est[node.name] = None  # not a tensor (x.size(0), x.shape, ...)
+            continue
+        fn = find_map(node, module)
+        try:
+            out = fn(ctx) if fn is not None else None
+        except Exception as e:  # noqa: BLE001  (re-raised below with the node named)
+            if fn is None or not isinstance(e, (TypeError, StopIteration)):
+                if hasattr(e, "add_note"):
+                    e.add_note(f"in AutoInit's moment map for node '{node.name}' "
+                               f"({op_name(node)})")
+                raise
+            fn = None
+        if fn is None:
+            unknown.setdefault(op_name(node), []).append(node.name)
+            found = ctx.tensor_inputs()
+            out = found[0] if found else None
+        est[node.name] = out
+    for op, names in unknown.items():
+        warnings.warn(f"autoinit: no moment map for {op} (nodes {', '.join(names[:5])}"
+                      f"{', ...' if len(names) > 5 else ''}); its input statistics pass through "
+                      "unchanged. Register one with initlab.register_moment_map.", stacklevel=3)
+    return est
+
+
+def _check_untouched(model: nn.Module, layers: _Layers) -> None:
+    from ._common import LAYERS
+    missed = [n for n, m in model.named_modules() if isinstance(m, LAYERS + (nn.Embedding,))
+              and m.weight.requires_grad and id(m.weight) not in layers.done]
+    if missed:
+        warnings.warn(f"autoinit: layers never reached in the traced graph keep their weights: "
+                      f"{', '.join(missed[:8])}{', ...' if len(missed) > 8 else ''}", stacklevel=3)
+
+
+@register("autoinit", description="analytic: propagate (mean, variance) through the fx graph, "
+          "each layer's output variance set to sigma^2 (needs example_input)",
+          paper="Bingham & Miikkulainen, AAAI 2023")
+def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: bool = False,
+             **settings: Any) -> Union[InitReport, tuple[InitReport, dict[str, Moments]]]:
+    """Initialize every Linear/Conv/Embedding weight of `model` with AutoInit, in place.
+
+    Args:
+        model: any `nn.Module` that `torch.fx` can trace (else pass `leaf_modules=`); its mode
+            (train/eval) decides whether dropout and batch statistics count. Left bitwise
+            unchanged on any error.
+        example_input: a tensor, or a tuple of positional inputs, of the shapes the model takes
+            (its values matter only with `input_moments="measure"`). A `(inputs, targets)`
+            batch is not unpacked: pass `batch[0]`.
+        return_estimates: also return the predicted `Moments` of every graph node, by name.
+        **settings: fields of `AutoInitConfig`.
+
+    Returns:
+        an `InitReport` whose history has one entry per initialized layer (name, fan_in, input
+        mean and variance, weight std, predicted output mean and variance); with
+        `return_estimates=True`, `(report, estimates)`.
+    """
+    cfg = AutoInitConfig(**settings)
+    cfg.validate()
+    if example_input is None:
+        raise ValueError("autoinit needs example_input=<a batch of inputs> to trace shapes; "
+                         "with initlab.initialize pass example_input=batch[0]")
+    inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    gen = generator(cfg.seed) or torch.Generator().manual_seed(int(torch.randint(2**31, ())))
+    layers = _Layers(cfg, gen)
+    leaves = list(cfg.leaf_modules) + [t for t in MODULE_MAPS if t.__module__ != "torch.nn"
+                                       and not t.__module__.startswith("torch.nn.modules")]
+    try:
+        gm = trace(model, leaves)
+        est = propagate(gm, inputs, layers, cfg, gen)
+        for h in layers.history:
+            node = next((n for n in gm.graph.nodes if n.op == "call_module"
+                         and n.target == h["layer"]), None)
+            out = est.get(node.name) if node is not None else None
+            mean, var = out.pooled() if isinstance(out, Moments) else (None, None)
+            h.update(output_mean=mean, output_var=var)
+        _check_untouched(model, layers)
+        layers.staged.commit("autoinit")
+    except BaseException as e:
+        note_unchanged(e, "autoinit")
+        raise
+    mark_applied(model, "autoinit")
+    log.info("autoinit: %d layers initialized", len(layers.history))
+    saved = {k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
+             for k, v in asdict(cfg).items()}
+    report = InitReport(method="autoinit", scales={}, shapes={s.name: list(s.shape) for s in
+                        trainable_params(model)}, history=layers.history, settings=saved,
+                        version=__version__)
+    if return_estimates:
+        return report, {k: v.pooled() for k, v in est.items() if isinstance(v, Moments)}
+    return report
+
+
+__all__ = ["AutoInitConfig", "autoinit", "moments"]

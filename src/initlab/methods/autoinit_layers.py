@@ -1,0 +1,320 @@
+"""AutoInit moment maps for layers: weighted (Linear, Conv, Embedding), normalization, dropout,
+pooling, softmax, attention, padding. See `autoinit_maps.py` for `Moments` and the registry.
+
+Weighted layers ask `ctx.layers.weight(...)` for their weight: AutoInit draws it there with
+Var(W) = sigma^2 / (fan_in * E[x^2]) (SPEC §4) and zeroes the bias; a layer it does not
+initialize (already drawn, or a second call of a shared layer) gives its current value. Either
+way the output statistics are computed from the actual weights, unit by unit (`linear_moments`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .autoinit_maps import (
+    MapContext,
+    Moments,
+    constant,
+    elementwise,
+    find_map,
+    identity,
+    mixture,
+    moments,
+    register_moment_map,
+)
+
+
+def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
+    """y_j = sum_i W_ji x_i + b_j (Linear; Conv with i running over in-channels x kernel taps).
+
+    Per output unit j: E y_j = mu * sum W_j + b_j; Var y_j = local * sum W_j^2 + shared *
+    sum_c (sum_taps W_jc)^2 (the shared part repeats across one channel's taps). The spread of
+    E y_j over units is a per-channel offset: it adds to var and to shared.
+    """
+    w = weight.detach().double().cpu()
+    w = w.reshape(w.shape[0], w.shape[1], -1)                        # (out, in/groups, taps)
+    s1, s2, sk = w.sum((1, 2)), w.pow(2).sum((1, 2)).mean(), w.sum(2).pow(2).sum(1).mean()
+    mean_j = x.mean.reshape(-1, 1) * s1                              # (S, out)
+    if bias is not None:
+        mean_j = mean_j + bias.detach().double().cpu()
+    spread = mean_j.var(-1, unbiased=False).reshape(x.mean.shape)  # per-unit offsets
+    mean = mean_j.mean(-1).reshape(x.mean.shape)
+    return moments(mean, x.local * s2 + x.shared * sk + spread, x.shared * sk + spread)
+
+
+def _taps(size: int, k: int, stride: int, pad: int, dilation: int) -> torch.Tensor:
+    """(out, size) 0/1 matrix: which input positions each output position's taps land on."""
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    a = torch.zeros(max(out, 1), size, dtype=torch.float64)
+    for o in range(out):
+        for j in range(k):
+            i = o * stride - pad + j * dilation
+            if 0 <= i < size:
+                a[o, i] += 1
+    return a
+
+
+def padded(x: Moments, fraction: float) -> Moments:
+    """The input as a conv sees it: a fraction of real values, the rest zero padding."""
+    return x if fraction >= 1.0 else mixture([x, moments(0.0, 0.0)], [fraction, 1 - fraction])
+
+
+#: Maps through which a position profile of the second moment carries over unchanged.
+_PROFILE_KEEPS = {elementwise, identity}
+
+
+def _profile_source(ctx: MapContext, node: fx.Node) -> fx.Node:
+    """Walk back from a conv's input through elementwise and shape operations."""
+    while node.op in ("call_module", "call_function", "call_method"):
+        module = ctx.layers.module(node) if node.op == "call_module" else None
+        if find_map(node, module) not in _PROFILE_KEEPS or len(node.all_input_nodes) != 1:
+            break
+        node = node.all_input_nodes[0]
+    return node
+
+
+def conv_fraction(ctx: MapContext, m: nn.modules.conv._ConvNd) -> float:
+    """E[x^2] over the taps a zero-padded conv actually reads, relative to the input's mean.
+
+    Near borders some taps read zeros, and across a stack of convs the second moment takes a
+    profile over positions (lower near the borders). The profile is tracked per spatial dim
+    (`ctx.layers.profiles`): out = taps @ profile, so a deep stack converges to the dominant
+    eigenvector instead of losing the border fraction again at every layer."""
+    shape = ctx.shape(ctx.raw_args[0])
+    if m.padding_mode != "zeros" or shape is None:
+        return 1.0
+    sizes = shape[-len(m.kernel_size):]
+    before = ctx.layers.profiles.get(_profile_source(ctx, ctx.raw_args[0]).name)
+    frac, after = 1.0, []
+    for i, size in enumerate(sizes):
+        k, d = m.kernel_size[i], m.dilation[i]
+        p = 0 if m.padding == "valid" else d * (k - 1) // 2 if m.padding == "same" else m.padding[i]
+        prof = before[i] if before is not None and len(before[i]) == size else \
+            torch.ones(size, dtype=torch.float64)
+        reach = _taps(size, k, m.stride[i], p, d) @ prof                 # (out,)
+        frac *= float(reach.mean()) / k
+        after.append(reach / reach.mean().clamp_min(1e-300))
+    ctx.layers.profiles[ctx.node.name] = after
+    return frac
+
+
+def weighted_layer(ctx: MapContext) -> Moments:
+    m = ctx.module
+    x = ctx.first()
+    if isinstance(m, nn.modules.conv._ConvNd):
+        x = padded(x, conv_fraction(ctx, m))
+    w = ctx.layers.weight(str(ctx.node.target), m.weight, m.bias, x)
+    return linear_moments(x, w, None if m.bias is None else ctx.layers.value(m.bias))
+
+
+def embedding(ctx: MapContext) -> Moments:
+    """Rows of the table, each token equally likely: the moments of its entries."""
+    return constant(ctx.layers.embedding(str(ctx.node.target), ctx.module))
+
+
+def channel_affine(x: Moments, a: torch.Tensor, b: Optional[torch.Tensor]) -> Moments:
+    """y_c = a_c x + b_c per channel (or per element of a LayerNorm's shape), pooled."""
+    a = a.detach().double().cpu().reshape(-1)
+    b = torch.zeros_like(a) if b is None else b.detach().double().cpu().reshape(-1)
+    mean_c = x.mean.reshape(-1, 1) * a + b                           # (S, C)
+    spread = mean_c.var(-1, unbiased=False).reshape(x.mean.shape)
+    a2 = a.pow(2).mean()
+    return moments(mean_c.mean(-1).reshape(x.mean.shape), a2 * x.var + spread,
+                   a2 * x.shared + spread)
+
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm,
+          nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+def norm_layer(ctx: MapContext) -> Moments:
+    """Batch norm with batch statistics: each sample minus the batch mean, over the batch std.
+    Eval-mode batch norm with running statistics: the per-channel affine map they define.
+    Layer/group/instance norm: every sample to (0, 1); RMSNorm: to second moment 1. Then
+    weight and bias. The shared fraction of each sample's variance is kept."""
+    m, x = ctx.module, ctx.first()
+    frac = torch.where(x.var > 0, x.shared / x.var.clamp_min(1e-300), torch.zeros_like(x.var))
+    running = getattr(m, "running_mean", None)
+    if running is not None and not m.training:
+        a = (m.running_var.double().cpu() + m.eps).rsqrt()
+        y = channel_affine(x, a, -running.double().cpu() * a)
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        mean, var = x.pooled()
+        scale = 1 / math.sqrt(var) if var > 0 else 0.0
+        y = moments((x.mean - mean) * scale, x.var * scale ** 2, x.shared * scale ** 2)
+    elif hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm):
+        mean = x.mean / x.second.clamp_min(1e-300).sqrt()
+        y = moments(mean, 1 - mean ** 2, frac * (1 - mean ** 2))
+    else:
+        y = moments(torch.zeros_like(x.var), torch.ones_like(x.var), frac)
+    weight = getattr(m, "weight", None)
+    if weight is None:
+        return y
+    bias = getattr(m, "bias", None)
+    return channel_affine(y, ctx.layers.value(weight), None if bias is None else
+                          ctx.layers.value(bias))
+
+
+def dropout_moments(x: Moments, p: float, channelwise: bool) -> Moments:
+    """Inverted dropout: x * m / (1 - p), m ~ Bernoulli(1 - p): E unchanged, E[y^2] = E[x^2]/(1-p).
+    Elementwise masks average out over positions (shared unchanged); channel masks do not."""
+    if p >= 1:
+        return moments(0.0, 0.0)
+    var = x.second / (1 - p) - x.mean ** 2
+    shared = (x.shared + x.mean ** 2) / (1 - p) - x.mean ** 2 if channelwise else x.shared
+    return moments(x.mean, var, shared)
+
+
+def dropout_module(ctx: MapContext) -> Moments:
+    m = ctx.module
+    if not m.training or isinstance(m, (nn.AlphaDropout, nn.FeatureAlphaDropout)):
+        return ctx.first()
+    return dropout_moments(ctx.first(), m.p, not isinstance(m, nn.Dropout))
+
+
+def dropout_function(ctx: MapContext) -> Moments:
+    if not ctx.arg(2, "training", True):
+        return ctx.first()
+    channelwise = ctx.node.target is not F.dropout
+    return dropout_moments(ctx.first(), float(ctx.arg(1, "p", 0.5)), channelwise)
+
+
+def _numel(shape: tuple) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _ratio(ctx: MapContext) -> int:
+    """Input elements per output element of a reduction (the positions it averages)."""
+    src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
+    if not isinstance(src, tuple) or not isinstance(out, tuple):
+        return 1
+    return max(1, round(_numel(src) / max(1, _numel(out))))
+
+
+def average(x: Moments, k: int) -> Moments:
+    """Mean over k positions: the shared part stays, the local part shrinks by k."""
+    return moments(x.mean, x.shared + x.local / k, x.shared)
+
+
+def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
+    """Max over k positions = shared + max of k local values; the latter by Monte Carlo on
+    standard normals, scaled by each sample's local std."""
+    if k <= 1:
+        return x
+    top = ctx.normal(max(1024, ctx.mc_samples), k).amax(1)
+    return moments(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared)
+
+
+def _window(ctx: MapContext) -> int:
+    m = ctx.module
+    k = m.kernel_size if m is not None else ctx.arg(1, "kernel_size")
+    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** (len(ctx.out_shape) - 2)
+
+
+def pool(ctx: MapContext) -> Moments:
+    """Average/max pooling, adaptive or with a kernel, module or function; means and sums."""
+    m, t = ctx.module, ctx.node.target
+    adaptive = isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
+    name = type(m).__name__ if m is not None else getattr(t, "__name__", str(t))
+    k = _ratio(ctx) if adaptive or name in ("mean", "sum") or "adaptive" in name else _window(ctx)
+    x = ctx.first()
+    if "max" in name.lower():
+        return maximum(ctx, x, k)
+    y = average(x, k)
+    return moments(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
+
+
+def softmax(ctx: MapContext) -> Moments:
+    """Softmax / log-softmax over a dim of size T, by Monte Carlo. A part shared along the dim
+    cancels (softmax is shift-invariant), so samples carry the local variance only."""
+    x, shape = ctx.first(), ctx.shape(ctx.raw_args[0])
+    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
+    t = shape[dim if dim is not None else -1]
+    log = isinstance(ctx.module, nn.LogSoftmax) or "log" in str(ctx.node.target)
+    return _softmax_mc(ctx, x.mean, x.local, t, log)
+
+
+def _softmax_mc(ctx: MapContext, mean: torch.Tensor, var: torch.Tensor, t: int,
+                log: bool = False) -> Moments:
+    """Softmax over t i.i.d. N(mean, var) logits, per sample, by Monte Carlo."""
+    mu, sd = mean.reshape(-1, 1, 1), var.sqrt().reshape(-1, 1, 1)
+    z = ctx.normal(max(16, ctx.mc_samples // t), t) * sd + mu      # (S, R, t)
+    y = torch.log_softmax(z, -1) if log else torch.softmax(z, -1)
+    shape = torch.broadcast_shapes(mean.shape, var.shape)
+    return moments(y.mean((1, 2)).reshape(shape), y.var((1, 2)).reshape(shape), 0.0)
+
+
+def matmul_moments(a: Moments, b: Moments, k: int) -> Moments:
+    """Sum of k products of independent entries."""
+    return moments(k * a.mean * b.mean, k * (a.second * b.second - (a.mean * b.mean) ** 2), 0.0)
+
+
+def matmul(ctx: MapContext) -> Moments:
+    a, b = ctx.args[0], ctx.args[1]
+    a = a if isinstance(a, Moments) else constant(a)
+    b = b if isinstance(b, Moments) else constant(b)
+    return matmul_moments(a, b, ctx.shape(ctx.raw_args[0])[-1])
+
+
+def attention(ctx: MapContext) -> Moments:
+    """F.scaled_dot_product_attention by composition. Along the keys, only the parts of the
+    scores q_i . k_j that vary with j matter (softmax is shift-invariant): variance
+    d * E[q^2] * local(k) * scale^2. The weights a_ij (sum 1, by Monte Carlo) average the values:
+    their shared part passes whole, the local part shrinks by E[sum_j a_ij^2], and the values'
+    mean over keys (local / t) is common to all queries. Masks are ignored."""
+    q, k, v = ctx.args[:3]
+    d, t = ctx.shape(ctx.raw_args[0])[-1], ctx.shape(ctx.raw_args[1])[-2]
+    scale = ctx.kwargs.get("scale") or 1 / math.sqrt(d)
+    a = _softmax_mc(ctx, torch.zeros_like(k.local), d * q.second * k.local * scale ** 2, t)
+    concentration = t * a.second                                     # E[sum_j a_ij^2]
+    # every query averages the same values: their mean over the keys is shared by all queries
+    shared = v.shared + v.local / t
+    return moments(v.mean, v.shared + v.local * concentration, shared)
+
+
+def pad(ctx: MapContext) -> Moments:
+    """Constant padding: a mixture of the input and the fill value, by element counts."""
+    src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
+    frac = _numel(src) / max(1, _numel(out))
+    m = ctx.module
+    if m is not None:
+        value, mode = getattr(m, "value", 0.0), "constant"
+    else:
+        value, mode = ctx.arg(3, "value", 0.0) or 0.0, ctx.arg(2, "mode", "constant")
+    if mode != "constant":
+        return ctx.first()
+    return mixture([ctx.first(), moments(float(value), 0.0)], [frac, 1 - frac])
+
+
+for _t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_moment_map(_t, weighted_layer)
+register_moment_map(nn.Embedding, embedding)
+for _t in _NORMS:
+    register_moment_map(_t, norm_layer)
+for _t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+           nn.FeatureAlphaDropout):
+    register_moment_map(_t, dropout_module)
+for _t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+    register_moment_map(_t, dropout_function)
+for _t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+           F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+           F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+           F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d,
+           torch.max_pool2d, torch.max_pool3d,
+           torch.mean, torch.sum, "mean", "sum"):
+    register_moment_map(_t, pool)
+for _t in (nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax,
+           torch.log_softmax, "softmax", "log_softmax"):
+    register_moment_map(_t, softmax)
+for _t in (torch.matmul, torch.bmm, "matmul", "bmm", __import__("operator").matmul):
+    register_moment_map(_t, matmul)
+register_moment_map(F.scaled_dot_product_attention, attention)
+for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, F.pad):
+    register_moment_map(_t, pad)

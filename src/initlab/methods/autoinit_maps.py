@@ -1,0 +1,358 @@
+"""Moment maps for AutoInit: how each operation changes the (mean, variance) of the signal.
+
+Bingham & Miikkulainen, "AutoInit: Analytic Signal-Preserving Weight Initialization for Neural
+Networks", AAAI 2023 (arXiv 2109.08958); formulas from SPEC §4, written from scratch.
+
+A tensor's statistics are a `Moments(mean, var, shared)`: the mean and variance of its elements,
+and `shared`, the part of `var` common to all positions (pixels, tokens) of one (sample,
+channel). The paper tracks (mean, var) only; `shared` is initlab's addition, so that averaging
+over positions (global average pooling) is predicted right: a mean over k positions has variance
+`shared + (var - shared) / k`, where the paper's i.i.d. Monte Carlo gives `var / k`, which is far
+too small for real feature maps (the channel offsets a nonzero-mean input causes never average
+out). Every map takes a `MapContext` and returns `Moments` (or a tuple of them, or None for a
+non-tensor value). Maps for the layer kinds are in `autoinit_layers.py`.
+
+User maps: `register_moment_map(MyModule, fn)`, `register_moment_map(my_function, fn)`,
+`register_moment_map("method_name", fn)`, or `register_elementwise(fn_or_module_type)` for any
+elementwise function (its moments then come from Gauss-Hermite quadrature).
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Statistics of a tensor, per sample: float64 tensors of shape (S,) (or 0-dim, shared by
+    all samples). `pooled()` gives the (mean, variance) of all the elements together."""
+    mean: torch.Tensor
+    var: torch.Tensor
+    shared: torch.Tensor   # part of var constant across positions of one (sample, channel)
+
+    @property
+    def second(self) -> torch.Tensor:
+        return self.var + self.mean ** 2
+
+    @property
+    def local(self) -> torch.Tensor:
+        return (self.var - self.shared).clamp_min(0.0)
+
+    def pooled(self) -> tuple[float, float]:
+        mean = float(self.mean.mean())
+        return mean, max(float(self.second.mean()) - mean ** 2, 0.0)
+
+    def is_constant(self) -> bool:
+        return self.var.numel() == 1 and float(self.var.max()) == 0.0
+
+
+Scalar = Union[float, torch.Tensor]
+
+
+def moments(mean: Scalar, var: Scalar, shared: Scalar = 0.0) -> Moments:
+    """Moments with round-off clipped: var >= 0 and 0 <= shared <= var."""
+    def t(v: Scalar) -> torch.Tensor:
+        return torch.as_tensor(v, dtype=torch.float64)
+    var_t = t(var).clamp_min(0.0)
+    return Moments(t(mean), var_t, torch.minimum(t(shared).clamp_min(0.0), var_t))
+
+
+MomentMap = Callable[["MapContext"], Any]
+
+
+@dataclass
+class MapContext:
+    """What a map sees of one graph node.
+
+    `args`/`kwargs` are the node's arguments with every input node replaced by its Moments (None
+    for non-tensor values); `raw_args` keeps the fx nodes. `shape(a)` gives an fx node's output
+    shape; `out_shape` the node's own. `layers` does the weight work for weighted layers.
+    """
+    node: fx.Node
+    module: Optional[nn.Module]
+    args: tuple
+    kwargs: dict
+    shapes: dict[str, Any]
+    layers: Any                        # autoinit's _Layers: values, draws, history
+    quadrature_points: int
+    mc_samples: int
+    generator: torch.Generator
+
+    @property
+    def raw_args(self) -> tuple:
+        return self.node.args
+
+    @property
+    def out_shape(self) -> Any:
+        return self.shapes.get(self.node.name)
+
+    def shape(self, a: Any) -> Any:
+        return self.shapes.get(a.name) if isinstance(a, fx.Node) else None
+
+    def tensor_inputs(self) -> list[Moments]:
+        flat: list[Any] = []
+        fx.node.map_aggregate((self.args, self.kwargs), flat.append)
+        return [m for m in flat if isinstance(m, Moments)]
+
+    def first(self) -> Moments:
+        found = self.tensor_inputs()
+        if not found:
+            raise ValueError("this operation has no input with known statistics")
+        return found[0]
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        if len(self.args) > i:
+            return self.args[i]
+        return self.kwargs.get(name, default)
+
+    def evaluate(self, z: torch.Tensor) -> torch.Tensor:
+        """Run this node's operation with its (first) tensor input replaced by `z` (float64)."""
+        idx = next(i for i, a in enumerate(self.raw_args) if isinstance(a, fx.Node))
+        if any(isinstance(a, fx.Node) for a in list(self.raw_args[idx + 1:]) +
+               list(self.node.kwargs.values())):
+            raise TypeError("not an elementwise function of one tensor")
+        rest = list(self.raw_args)
+        if self.module is not None:
+            p = next(self.module.parameters(), None)
+            dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
+            return self.module(z.to(dtype)).double()
+        rest[idx] = z
+        if self.node.op == "call_method":
+            return getattr(z, str(self.node.target))(*rest[1:], **self.node.kwargs).double()
+        return self.node.target(*rest, **self.node.kwargs).double()
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator, dtype=torch.float64)
+
+
+# -- registry -------------------------------------------------------------------------------------
+MODULE_MAPS: dict[type, MomentMap] = {}
+FUNCTION_MAPS: dict[Any, MomentMap] = {}
+METHOD_MAPS: dict[str, MomentMap] = {}
+
+
+def register_moment_map(target: Union[type, str, Callable], fn: MomentMap) -> None:
+    """Use `fn(ctx) -> Moments` for a module type, a Tensor method name, or a function.
+
+    A registered module type is also kept whole when tracing (a leaf), so a block whose forward
+    cannot be traced can be given a map. Later registrations replace earlier ones.
+    """
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module):
+            raise TypeError(f"register_moment_map: {target.__name__} is not an nn.Module type")
+        MODULE_MAPS[target] = fn
+    elif isinstance(target, str):
+        METHOD_MAPS[target] = fn
+    elif callable(target):
+        FUNCTION_MAPS[target] = fn
+    else:
+        raise TypeError(f"register_moment_map: cannot register a map for {target!r}; pass a "
+                        "module type, a Tensor method name or a function")
+
+
+def register_elementwise(*targets: Union[type, str, Callable]) -> None:
+    """Declare elementwise operations: their moments come from Gauss-Hermite quadrature."""
+    for t in targets:
+        register_moment_map(t, elementwise)
+
+
+def find_map(node: fx.Node, module: Optional[nn.Module]) -> Optional[MomentMap]:
+    if node.op == "call_module":
+        for cls in type(module).__mro__:
+            if cls in MODULE_MAPS:
+                return MODULE_MAPS[cls]
+        return None
+    if node.op == "call_method":
+        return METHOD_MAPS.get(str(node.target))
+    try:
+        return FUNCTION_MAPS.get(node.target)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+# -- numerics -------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights of the n-point Gauss-Hermite rule for E f(Z), Z ~ N(0, 1)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return torch.from_numpy(x), torch.from_numpy(w / math.sqrt(2 * math.pi))
+
+
+def quadrature(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int) -> Moments:
+    """Moments of f(X), X ~ N(x.mean, x.var), per sample: Gauss-Hermite in one dimension for
+    (mean, var); for `shared`, X = mean + S + L with S ~ N(0, shared), L ~ N(0, local), and
+    shared(f(X)) = Var_S E_L[f(X) | S], by a product rule over (S, L)."""
+    def apply(z: torch.Tensor) -> torch.Tensor:  # f on a flat float64 tensor, shape kept
+        return f(z.reshape(-1)).reshape(z.shape)
+    mu, var = x.mean.reshape(-1, 1), x.var.reshape(-1, 1)          # (S, 1)
+    z, w = _hermite(points)
+    y = apply(mu + var.sqrt() * z)                                   # (S, points)
+    mean = (w * y).sum(-1)
+    out_var = (w * y * y).sum(-1) - mean ** 2
+    shape = torch.broadcast_shapes(x.mean.shape, x.var.shape)
+    if float(x.shared.max()) <= 0:
+        return moments(mean.reshape(shape), out_var.reshape(shape), 0.0)
+    z2, w2 = _hermite(min(points, 48))
+    s, loc = x.shared.reshape(-1, 1, 1), x.local.reshape(-1, 1, 1)
+    grid = mu[..., None] + s.sqrt() * z2[:, None] + loc.sqrt() * z2[None, :]  # (S, n, n)
+    given_s = (apply(grid) * w2).sum(-1)                              # E[f | S = s_i], (S, n)
+    shared = (w2 * given_s ** 2).sum(-1) - (w2 * given_s).sum(-1) ** 2
+    return moments(mean.reshape(shape), out_var.reshape(shape), shared.reshape(shape))
+
+
+def product(a: Moments, b: Moments) -> Moments:
+    """x * y for independent x, y: E = mu_a mu_b, E[(xy)^2] = E x^2 E y^2."""
+    mean = a.mean * b.mean
+    shared = (a.mean ** 2 + a.shared) * (b.mean ** 2 + b.shared) - mean ** 2
+    return moments(mean, a.second * b.second - mean ** 2, shared)
+
+
+def mixture(parts: list[Moments], weights: list[float]) -> Moments:
+    """The elements of several tensors pooled (concatenation): a mixture with these weights.
+    The spread of the parts' means goes to `shared` (right for channel concatenation)."""
+    total = sum(weights)
+    w = [x / total for x in weights]
+    mean = sum(wi * p.mean for wi, p in zip(w, parts))
+    second = sum(wi * p.second for wi, p in zip(w, parts))
+    shared = sum(wi * (p.shared + p.mean ** 2) for wi, p in zip(w, parts)) - mean ** 2
+    return moments(mean, second - mean ** 2, shared)
+
+
+def constant(value: Any) -> Optional[Moments]:
+    """Moments of a Python number or a tensor's values (None for anything else)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return moments(float(value), 0.0)
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 0:
+        v = value.detach().double().cpu()
+        if v.numel() == 1:
+            return moments(v.reshape(()), 0.0)
+        return moments(v.mean(), v.var(unbiased=False))
+    return None
+
+
+# -- generic maps ---------------------------------------------------------------------------------
+def elementwise(ctx: MapContext) -> Moments:
+    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation."""
+    return quadrature(ctx.evaluate, ctx.first(), ctx.quadrature_points)
+
+
+def identity(ctx: MapContext) -> Any:
+    """Shape operations (reshape, permute, indexing, ...): the statistics do not change.
+    Indexing a tuple of results picks that result's statistics."""
+    src = ctx.args[0] if ctx.args else None
+    if isinstance(src, (tuple, list)) and ctx.node.target is operator.getitem:
+        return src[ctx.args[1]]
+    return ctx.first()
+
+
+def split(ctx: MapContext) -> Any:
+    """chunk/split/unbind: every piece keeps the statistics (a tuple, one per piece)."""
+    shape = ctx.out_shape
+    n = len(shape) if isinstance(shape, tuple) and shape and isinstance(shape[0], tuple) else 1
+    return tuple(ctx.first() for _ in range(n))
+
+
+def _operands(ctx: MapContext) -> tuple[Optional[Moments], Optional[Moments]]:
+    a = ctx.args[0]
+    b = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("other")
+    return (a if isinstance(a, Moments) else constant(a),
+            b if isinstance(b, Moments) else constant(b))
+
+
+def _same_node(ctx: MapContext) -> bool:
+    raw = ctx.raw_args
+    return len(raw) > 1 and isinstance(raw[0], fx.Node) and raw[0] is raw[1]
+
+
+def add(ctx: MapContext) -> Moments:
+    a, b = _operands(ctx)
+    alpha = ctx.kwargs.get("alpha", 1)
+    if _same_node(ctx):  # x + x = 2x (fully correlated)
+        return moments((1 + alpha) * a.mean, (1 + alpha) ** 2 * a.var, (1 + alpha) ** 2 * a.shared)
+    if a is None or b is None:
+        return a or b
+    return moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
+                   a.shared + alpha ** 2 * b.shared)
+
+
+def sub(ctx: MapContext) -> Moments:
+    a, b = _operands(ctx)
+    if _same_node(ctx):
+        return moments(0.0, 0.0)
+    if a is None or b is None:
+        return a or b
+    return moments(a.mean - b.mean, a.var + b.var, a.shared + b.shared)
+
+
+def mul(ctx: MapContext) -> Moments:
+    a, b = _operands(ctx)
+    if _same_node(ctx):
+        return quadrature(lambda z: z * z, a, ctx.quadrature_points)
+    if a is None or b is None:
+        return a or b
+    return product(a, b)
+
+
+def div(ctx: MapContext) -> Moments:
+    a, b = _operands(ctx)
+    if b is not None and b.is_constant() and float(b.mean) != 0 and isinstance(ctx.args[0], Moments):
+        return moments(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2)
+    return elementwise(ctx)  # c / x: an elementwise function of x (raises if x / y)
+
+
+def neg(ctx: MapContext) -> Moments:
+    x = ctx.first()
+    return Moments(-x.mean, x.var, x.shared)
+
+
+def cat(ctx: MapContext) -> Moments:
+    parts = ctx.arg(0, "tensors")
+    nodes = ctx.raw_args[0] if ctx.raw_args else ctx.node.kwargs["tensors"]
+    dim = ctx.arg(1, "dim", 0)
+    stack = ctx.node.target is torch.stack
+    sizes = [1.0 if stack else float(ctx.shape(n)[dim]) for n in nodes]
+    known = [(p, s) for p, s in zip(parts, sizes) if isinstance(p, Moments)]
+    return mixture([p for p, _ in known], [s for _, s in known])
+
+
+register_elementwise(
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, F.hardtanh,
+    F.hardswish, F.hardsigmoid, F.logsigmoid, torch.exp, torch.sin, torch.cos, torch.abs,
+    torch.square, torch.erf, operator.pow, torch.pow, operator.abs,
+    "relu", "tanh", "sigmoid", "exp", "abs", "square", "sin", "cos", "pow", "erf",
+)
+for _t in (operator.add, torch.add, "add", operator.iadd, "add_"):
+    register_moment_map(_t, add)
+for _t in (operator.sub, torch.sub, "sub", operator.isub, "sub_"):
+    register_moment_map(_t, sub)
+for _t in (operator.mul, torch.mul, "mul", operator.imul, "mul_"):
+    register_moment_map(_t, mul)
+for _t in (operator.truediv, torch.div, "div", operator.itruediv, "div_"):
+    register_moment_map(_t, div)
+for _t in (operator.neg, torch.neg, "neg"):
+    register_moment_map(_t, neg)
+for _t in (torch.cat, torch.concat, torch.stack):
+    register_moment_map(_t, cat)
+for _t in (torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind"):
+    register_moment_map(_t, split)
+for _t in (nn.Identity, nn.Flatten, nn.Unflatten, operator.getitem, torch.flatten, torch.reshape,
+           torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.roll, torch.flip,
+           torch.clone, "view", "reshape", "flatten", "permute", "transpose", "contiguous",
+           "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "t", "clone", "detach",
+           "to", "float", "double", "half", "type_as", "narrow", "roll", "flip", "view_as",
+           "unflatten", "movedim", torch.movedim):
+    register_moment_map(_t, identity)
