@@ -65,6 +65,13 @@ def _is_sum(node: fx.Node) -> bool:
     return node.op in ("call_function", "call_method") and node.target in SUMS
 
 
+def _operands(node: fx.Node) -> list[fx.Node]:
+    """Input nodes with multiplicity (`x + x` has two operands: two paths)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
 def path_depths(model: nn.Module, leaf_modules: Sequence[LeafSpec] = ()) -> dict[int, int]:
     """Number of input->output paths of `model`'s graph with L parameterized (Linear/Conv)
     layers, for each L: {L: count}. Counted by dynamic programming over the graph, one
@@ -79,7 +86,7 @@ def path_depths(model: nn.Module, leaf_modules: Sequence[LeafSpec] = ()) -> dict
                 or (node.op == "call_function" and node.target is getattr):
             continue  # parameters and sizes: no path starts or runs here
         merged: Counter = Counter()
-        for a in node.all_input_nodes:
+        for a in _operands(node):
             merged.update(hist.get(a, Counter()))
         if not merged:
             continue
@@ -135,7 +142,7 @@ def in_degrees(gm: fx.GraphModule) -> dict[str, int]:
     before the next nonlinearity (1 if its output is not summed)."""
     def leaves(s: fx.Node) -> int:  # operands of a tree of sums, nested sums expanded
         count = 0
-        for a in s.all_input_nodes:
+        for a in _operands(s):
             inner = _is_sum(a) and len(a.users) == 1
             count += leaves(a) if inner else 1
         return count

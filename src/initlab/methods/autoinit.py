@@ -44,7 +44,7 @@ from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map,
 
 log = logging.getLogger(__name__)
 
-MAX_SAMPLES = 256  # samples whose statistics are propagated separately
+MAX_SAMPLES = 256  # samples whose statistics are propagated separately (see autoinit_layers)
 
 
 @dataclass
@@ -87,6 +87,13 @@ class _Layers:
     def module(self, node: fx.Node) -> nn.Module:
         return module_of(self.root, node)
 
+    def attr(self, node: fx.Node) -> torch.Tensor:
+        """The tensor a get_attr node names (the model's own parameter or buffer)."""
+        obj: Any = self.root
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
     def value(self, p: torch.Tensor) -> torch.Tensor:
         return self.staged.get(p)
 
@@ -119,6 +126,13 @@ class _Layers:
                                  weight_std=std))
         return w
 
+    def output(self, name: str, y: Moments) -> Moments:
+        """Note the predicted output of a layer just initialized (first call only)."""
+        h = self.history[-1] if self.history else None
+        if h is not None and h["layer"] == name and "output_var" not in h:
+            h["output_mean"], h["output_var"] = y.pooled()
+        return y
+
     def embedding(self, name: str, m: nn.Embedding) -> torch.Tensor:
         if id(m.weight) in self.done or not m.weight.requires_grad:
             return self.value(m.weight)
@@ -133,30 +147,32 @@ class _Layers:
         return w
 
 
-def _input_moments(cfg: AutoInitConfig, x: Any, gen: torch.Generator) -> Optional[Moments]:
-    """Per-sample input statistics (S samples): measured on `x`, or on i.i.d. normal inputs of
-    the same per-sample shape with the configured mean and variance. Per-sample spread matters:
-    for activations like SiLU/GELU the variance map is convex in a sample's scale."""
+def _input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
+    """Input statistics for S samples: the configured (mean, variance) for every sample, or, with
+    "measure", each sample's own, from `x` (the spread of the sample means beyond what i.i.d.
+    noise gives is kept, and a variance shared across positions is estimated)."""
     if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
         return None  # token ids and other non-float inputs have no signal statistics
-    x = x.detach().double().cpu()
-    if x.dim() < 2:
-        x = x.reshape(1, -1)
-    per = math.prod(x.shape[1:])
-    n = max(8, min(MAX_SAMPLES, 2 ** 22 // max(1, per)))  # S samples, at most ~4M numbers
-    if cfg.input_moments == "measure":
-        v = x[:n]
-    else:
+    if cfg.input_moments != "measure":
         mean, var = (0.0, 1.0) if cfg.input_moments == "standard" else cfg.input_moments
-        v = torch.randn((n, *x.shape[1:]), generator=gen, dtype=torch.float64)
-        v = v * math.sqrt(float(var)) + float(mean)
+        ones = torch.ones(MAX_SAMPLES, dtype=torch.float64)
+        return moments(float(mean) * ones, float(var) * ones, 0.0)
+    v = x.detach().double().cpu()
+    v = v.reshape(1, -1) if v.dim() < 2 else v[:MAX_SAMPLES]
     flat = v.reshape(v.shape[0], -1)
-    total = flat.var(1, unbiased=False)
+    second, mean_n, grand = flat.pow(2).mean(1), flat.mean(1), flat.mean()
+    noise = float(flat.var(1, unbiased=False).mean()) / flat.shape[1]
+    spread = float(mean_n.var(unbiased=False))
+    mean_n = grand + (mean_n - grand) * (max(0.0, 1 - noise / spread) if spread > 0 else 0.0)
+    total = second - mean_n ** 2
     shared = torch.zeros_like(total)
-    if v.dim() >= 3:  # variance over channels of each channel's mean over positions, less noise
-        pos = math.prod(v.shape[2:])
-        shared = v.flatten(2).mean(2).var(1, unbiased=False) - total / pos
-    return moments(flat.mean(1), total, shared)
+    if v.dim() >= 3:
+        # spread of the channel means within a sample, less what i.i.d. noise would give; one
+        # figure for all samples (per sample it is too noisy to clip at 0 without bias)
+        pos, c = math.prod(v.shape[2:]), v.shape[1]
+        chan = v.flatten(2).mean(2).var(1, unbiased=False).mean()
+        shared = (chan - (c - 1) / c * total.mean() / pos).clamp_min(0.0) * torch.ones_like(total)
+    return moments(mean_n, total, shared)
 
 
 def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitConfig,
@@ -170,12 +186,10 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
     placeholders = iter(inputs)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            est[node.name] = _input_moments(cfg, next(placeholders, None), gen)
+            est[node.name] = _input_moments(cfg, next(placeholders, None))
             continue
         if node.op == "get_attr":
-            attr = gm
-            for part in str(node.target).split("."):
-                attr = getattr(attr, part)
+            attr = layers.attr(node)
             est[node.name] = constant(layers.value(attr) if isinstance(attr, nn.Parameter)
                                       else attr)
             continue
@@ -253,12 +267,6 @@ def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: b
     try:
         gm = trace(model, leaves)
         est = propagate(gm, inputs, layers, cfg, gen)
-        for h in layers.history:
-            node = next((n for n in gm.graph.nodes if n.op == "call_module"
-                         and n.target == h["layer"]), None)
-            out = est.get(node.name) if node is not None else None
-            mean, var = out.pooled() if isinstance(out, Moments) else (None, None)
-            h.update(output_mean=mean, output_var=var)
         _check_untouched(model, layers)
         layers.staged.commit("autoinit")
     except BaseException as e:

@@ -9,7 +9,7 @@ way the output statistics are computed from the actual weights, unit by unit (`l
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def _profile_source(ctx: MapContext, node: fx.Node) -> fx.Node:
     return node
 
 
-def conv_fraction(ctx: MapContext, m: nn.modules.conv._ConvNd) -> float:
+def conv_fraction(ctx: MapContext, m: Any) -> float:
     """E[x^2] over the taps a zero-padded conv actually reads, relative to the input's mean.
 
     Near borders some taps read zeros, and across a stack of convs the second moment takes a
@@ -108,12 +108,60 @@ def weighted_layer(ctx: MapContext) -> Moments:
     if isinstance(m, nn.modules.conv._ConvNd):
         x = padded(x, conv_fraction(ctx, m))
     w = ctx.layers.weight(str(ctx.node.target), m.weight, m.bias, x)
-    return linear_moments(x, w, None if m.bias is None else ctx.layers.value(m.bias))
+    y = linear_moments(x, w, None if m.bias is None else ctx.layers.value(m.bias))
+    return ctx.layers.output(str(ctx.node.target), sample_scales(ctx, x, y))
+
+
+def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
+    """A layer that sums over its input scales each sample by that sample's own mean square,
+    which over n elements fluctuates around E[x^2] with relative variance kappa / n (kappa from
+    the normal 4th moment). Drawn per sample: activations like SiLU or GELU are convex in the
+    scale, so this spread raises the next layers' variance (Jensen)."""
+    n = math.prod(ctx.shape(ctx.raw_args[0])[1:])
+    if y.var.numel() <= 1 or n <= 1:
+        return y
+    fourth = 3 * x.var ** 2 + 6 * x.mean ** 2 * x.var + x.mean ** 4
+    kappa = (fourth / x.second.clamp_min(1e-300) ** 2 - 1).clamp_min(0.0)
+    g = (1 + (kappa / n).sqrt() * ctx.normal(y.var.numel())).clamp_min(0.05)
+    return moments(y.mean * g.sqrt(), y.var * g, y.shared * g)
+
+
+class _ConvArgs:
+    """The geometry of a functional convolution, shaped like a Conv module's attributes."""
+    padding_mode = "zeros"
+
+    def __init__(self, weight: torch.Tensor, ctx: MapContext):
+        dims = weight.dim() - 2
+
+        def tup(v: object) -> tuple:
+            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+        self.kernel_size = tuple(weight.shape[2:])
+        self.stride, self.dilation = tup(ctx.arg(3, "stride", 1)), tup(ctx.arg(5, "dilation", 1))
+        pad = ctx.arg(4, "padding", 0)
+        self.padding = pad if isinstance(pad, str) else tup(pad)
+
+
+def functional_layer(ctx: MapContext) -> Moments:
+    """F.linear / F.conv*d(x, weight, bias, ...) with the weight a parameter of the model."""
+    raw_w = ctx.raw_args[1]
+    if not (isinstance(raw_w, fx.Node) and raw_w.op == "get_attr"):
+        raise TypeError("the weight is not a parameter")  # -> treated as an unknown op
+    weight = ctx.layers.attr(raw_w)
+    bias_node = ctx.raw_args[2] if len(ctx.raw_args) > 2 else ctx.node.kwargs.get("bias")
+    bias = ctx.layers.attr(bias_node) if isinstance(bias_node, fx.Node) else None
+    x = ctx.first()
+    if ctx.node.target is not F.linear:
+        x = padded(x, conv_fraction(ctx, _ConvArgs(weight, ctx)))
+    name = str(raw_w.target).rpartition(".")[0]
+    w = ctx.layers.weight(name, weight, bias, x)
+    y = linear_moments(x, w, None if bias is None else ctx.layers.value(bias))
+    return ctx.layers.output(name, sample_scales(ctx, x, y))
 
 
 def embedding(ctx: MapContext) -> Moments:
     """Rows of the table, each token equally likely: the moments of its entries."""
-    return constant(ctx.layers.embedding(str(ctx.node.target), ctx.module))
+    name = str(ctx.node.target)
+    return ctx.layers.output(name, constant(ctx.layers.embedding(name, ctx.module)))
 
 
 def channel_affine(x: Moments, a: torch.Tensor, b: Optional[torch.Tensor]) -> Moments:
@@ -293,6 +341,8 @@ def pad(ctx: MapContext) -> Moments:
 
 for _t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_moment_map(_t, weighted_layer)
+for _t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+    register_moment_map(_t, functional_layer)
 register_moment_map(nn.Embedding, embedding)
 for _t in _NORMS:
     register_moment_map(_t, norm_layer)

@@ -1,0 +1,258 @@
+"""AutoInit: moment maps against Monte Carlo, variance preservation, unknown ops, tracing errors,
+failure safety, registry and lab path, diagnostics."""
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import initlab
+from initlab.core.graph import TraceError
+from initlab.diagnostics import layer_moments, plot_autoinit
+from initlab.methods.autoinit_maps import moments, quadrature
+from method_helpers import assert_same, bn_dropout_mlp, snapshot
+
+
+def mc_moments(t: torch.Tensor) -> tuple[float, float]:
+    t = t.double()
+    return float(t.mean()), float(t.var(unbiased=False))
+
+
+@pytest.mark.parametrize("f", [torch.tanh, torch.relu, F.gelu, F.silu, torch.sigmoid,
+                               nn.LeakyReLU(0.2), nn.ELU(), nn.Softplus()])
+@pytest.mark.parametrize("mu,var", [(0.0, 1.0), (0.7, 0.3), (-0.5, 2.5)])
+def test_quadrature_matches_monte_carlo(f, mu, var):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2_000_000, generator=g, dtype=torch.float64) * math.sqrt(var) + mu
+    m_mc, v_mc = mc_moments(f(z))
+    got = quadrature(lambda t: f(t).double(), moments(mu, var), 128)
+    assert abs(float(got.mean) - m_mc) < 5e-3 * (1 + abs(m_mc))
+    assert abs(float(got.var) - v_mc) < 1e-2 * v_mc + 1e-4
+
+
+def test_shared_part_through_a_nonlinearity_matches_monte_carlo():
+    # X = mu + S + L per (sample, channel): S constant over positions, L fresh per position.
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(4000, 1, generator=g, dtype=torch.float64) * math.sqrt(0.6)
+    loc = torch.randn(4000, 500, generator=g, dtype=torch.float64) * math.sqrt(0.9)
+    y = torch.tanh(0.3 + s + loc)
+    got = quadrature(torch.tanh, moments(0.3, 1.5, 0.6), 128)
+    assert abs(float(got.var) - y.var().item()) < 0.01
+    assert abs(float(got.shared) - y.mean(1).var().item()) < 0.01   # variance of position means
+
+
+class Ops(nn.Module):
+    """Every map kind on one input; each result is an output so estimates cover them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.pool, self.avg = nn.Dropout(0.3), nn.MaxPool2d(2), nn.AvgPool2d(2)
+        self.smax = nn.Softmax(dim=-1)
+
+    def forward(self, x):                                      # x: (B, 3, 8, 8)
+        return (self.drop(x), self.pool(x), self.avg(x), self.smax(x), x * 3.0 + 1.0,
+                x * x, torch.cat([x, 2 * x[:, :1]], dim=1), x.mean(dim=(2, 3)), torch.exp(x))
+
+
+def test_op_maps_match_monte_carlo_on_iid_inputs():
+    torch.manual_seed(0)
+    mu, var = 0.4, 1.7
+    x = torch.randn(2000, 3, 8, 8, dtype=torch.float64) * math.sqrt(var) + mu
+    model = Ops().train()
+    _, est = initlab.autoinit(model, x, input_moments=(mu, var), return_estimates=True, seed=0)
+    outs = model(x)
+    names = ["drop", "pool", "avg", "smax", "add", "mul_1", "cat", "mean", "exp"]
+    for name, out in zip(names, outs):
+        m_mc, v_mc = mc_moments(out)
+        m, v = est[name]
+        assert abs(m - m_mc) < 0.03 * (1 + abs(m_mc)), (name, m, m_mc)
+        assert abs(v - v_mc) < 0.05 * v_mc + 1e-4, (name, v, v_mc)
+    # the exact inverted-dropout formula
+    assert est["drop"][1] == pytest.approx((var + mu ** 2) / 0.7 - mu ** 2, rel=0.02)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.Linear(300, 200), (300,)),
+    (nn.Conv2d(12, 48, 3, padding=1, groups=3), (12, 10, 10)),
+    (nn.Conv2d(32, 32, 5, padding=2, groups=32), (32, 10, 10)),   # depthwise
+    (nn.Conv1d(8, 32, 3), (8, 40)),
+])
+def test_weighted_layer_output_has_the_signal_variance(layer, shape):
+    torch.manual_seed(0)
+    x = 1.5 * torch.randn(512, *shape) + 0.5                      # mean 0.5, variance 2.25
+    report = initlab.autoinit(layer, x, input_moments="measure", signal_variance=4.0, seed=0)
+    with torch.no_grad():
+        y = layer(x)
+    h = report.history[0]
+    if not any(getattr(layer, "padding", (0,))):   # zero padding lowers what the taps see
+        assert h["input_mean"] == pytest.approx(0.5, abs=0.01)
+        assert h["input_var"] == pytest.approx(2.25, rel=0.02)
+    fan_in = layer.weight.shape[1] * math.prod(layer.weight.shape[2:])
+    assert h["fan_in"] == fan_in
+    assert float(layer.weight.detach().std()) == pytest.approx(h["weight_std"], rel=0.1)
+    assert torch.all(layer.bias == 0)
+    # the prediction (from the drawn weights, zero padding counted) matches the measurement,
+    # and the target holds up to the sampling error of one draw of the weights
+    assert float(y.var()) == pytest.approx(h["output_var"], rel=0.05)
+    assert float(y.var()) == pytest.approx(4.0, rel=0.2)
+
+
+class Gated(nn.Module):
+    def __init__(self, width=128, depth=4):
+        super().__init__()
+        self.f = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.g = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, h):
+        for f, g in zip(self.f, self.g):
+            h = torch.tanh(f(h)) * torch.sigmoid(g(h))
+        return h
+
+
+class Attention(nn.Module):
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.heads, self.ln = heads, nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.ln(x)
+        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+        return x + self.ff2(F.gelu(self.ff1(x)))
+
+
+def tanh_mlp():
+    layers = []
+    for i in range(8):
+        layers += [nn.Linear(32 if i == 0 else 128, 128), nn.Tanh(), nn.Dropout(0.2)]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("build,shape", [(tanh_mlp, (32,)), (Gated, (128,)),
+                                         (lambda: nn.Sequential(Attention(), Attention()), (12, 32))])
+def test_variance_preserved_on_small_architectures(build, shape):
+    torch.manual_seed(0)
+    model = build().train()
+    before = layer_moments(model, torch.randn(256, *shape))
+    assert min(v for _, v in before.values()) < 0.5          # PyTorch's default init shrinks it
+    report = initlab.autoinit(model, torch.randn(64, *shape), seed=0)
+    measured = layer_moments(model, torch.randn(512, *shape))
+    assert set(measured) == {h["layer"] for h in report.history}
+    for name, (_, v) in measured.items():
+        assert v == pytest.approx(1.0, rel=0.25), name
+
+
+def test_unknown_op_warns_then_a_registered_map_is_used():
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.lin(torch.cumsum(x, dim=1))
+
+    x = torch.randn(64, 10)
+    with pytest.warns(UserWarning, match="cumsum"):
+        initlab.autoinit(Cum(), x)
+    calls = []
+
+    def cumsum_map(ctx):
+        calls.append(ctx.node.name)
+        x = ctx.first()
+        return moments(x.mean * 5.5, x.var * 38.5)      # the sum of 1..10 terms, on average
+    initlab.register_moment_map(torch.cumsum, cumsum_map)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rep, est = initlab.autoinit(Cum(), x, return_estimates=True)
+    finally:
+        from initlab.methods.autoinit_maps import FUNCTION_MAPS
+        FUNCTION_MAPS.pop(torch.cumsum)
+    assert calls == ["cumsum"] and est["cumsum"][1] == pytest.approx(38.5, rel=0.2)
+    assert rep.history[0]["input_var"] == pytest.approx(38.5, rel=0.2)
+
+
+class Branchy(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class NeedsLeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), Branchy(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x)))
+
+
+def test_untraceable_model_says_so_and_a_leaf_fixes_it():
+    model = NeedsLeaf()
+    before = snapshot(model)
+    with pytest.raises(TraceError, match="leaf_modules") as info:
+        initlab.autoinit(model, torch.randn(16, 8))
+    assert any("unchanged" in n for n in info.value.__notes__)
+    assert_same(model, before)
+    with pytest.warns(UserWarning, match="Branchy"):
+        initlab.autoinit(model, torch.randn(16, 8), leaf_modules=(Branchy,))
+    assert not torch.equal(model.c.weight, before["params"]["c.weight"])
+
+
+def test_failure_in_a_map_leaves_model_bitwise_unchanged():
+    class Boom(nn.Module):
+        def forward(self, x):
+            return x
+
+    def explode(ctx):
+        raise RuntimeError("map failed")
+    initlab.register_moment_map(Boom, explode)
+    model = bn_dropout_mlp()
+    model.insert(3, Boom())
+    before = snapshot(model)
+    try:
+        with pytest.raises(RuntimeError, match="map failed") as info:
+            initlab.autoinit(model, torch.randn(32, 6))
+    finally:
+        from initlab.methods.autoinit_maps import MODULE_MAPS
+        MODULE_MAPS.pop(Boom)
+    assert any("unchanged" in n for n in info.value.__notes__)
+    assert_same(model, before)
+
+
+def test_modes_and_buffers_kept_and_registry_path():
+    model = bn_dropout_mlp()
+    before = snapshot(model)
+    initlab.initialize(model, "autoinit", example_input=torch.randn(32, 6))
+    assert_same(model, before, params=False)
+    assert not torch.equal(model[0].weight, before["params"]["0.weight"])
+    with pytest.raises(ValueError, match="example_input"):
+        initlab.initialize(nn.Linear(3, 3), "autoinit")
+    with pytest.raises(ValueError, match="signal_variance"):
+        initlab.autoinit(nn.Linear(3, 3), torch.randn(4, 3), signal_variance=0)
+
+
+def test_lab_passes_the_first_batch_as_example_input():
+    from initlab.lab.experiments import init_model
+    model = tanh_mlp()
+    batches = [(torch.randn(16, 32), torch.randint(0, 3, (16,))) for _ in range(2)]
+    init_model(model, "autoinit", batches, {})
+    assert layer_moments(model, torch.randn(256, 32))["0"][1] == pytest.approx(1.0, rel=0.2)
+
+
+def test_diagnostic_hooks_and_plot(tmp_path):
+    model = tanh_mlp().eval()
+    x = torch.randn(128, 32)
+    report = initlab.autoinit(model, x)
+    measured = layer_moments(model, x)
+    h = x
+    for m in model:           # the first layer's output, computed by hand
+        h = m(h)
+        break
+    assert measured["0"] == pytest.approx(mc_moments(h.detach()), rel=1e-9)
+    plot_autoinit(report, measured, tmp_path / "v.png")
+    assert (tmp_path / "v.png").stat().st_size > 1000
