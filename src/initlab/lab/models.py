@@ -161,6 +161,11 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
             raise ValueError("the lab's MLP has no batch-norm variant; drop bn=True")
         return MLP(in_channels * image_size ** 2, activation=activation,
                    num_classes=num_classes, **sized, **kw)
+    if name == "transformer":  # translation: `depth` layers per stack, width d_model; vocab_size=
+        from .transformer import TransformerConfig, TranslationTransformer
+        sizes = {"encoder_layers": depth, "decoder_layers": depth, "d_model": width}
+        return TranslationTransformer(TransformerConfig(
+            **{k: v for k, v in sizes.items() if v is not None}, **kw))
     if activation != "relu":
         raise ValueError(f"{name} uses ReLU; activation= applies to the MLP only")
     if name == "vgg":
