@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= lab,dev
+EXTRAS ?= lab,dev,lightning,hf
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.initlab-installed
 
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml Makefile scripts/setup_data.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	echo "$(TORCH)" > $(VENV)/constraints.txt  # the extras may never replace this torch
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
 	bash scripts/setup_data.sh
 	echo "$(TORCH)" > $@
 
