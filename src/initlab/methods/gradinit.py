@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from ..core.batches import BatchStream, concat, split_thirds
+from ..core.batches import BatchStream
 from ..core.distributed import current_ranks
 from ..core.loss import LossFn, Substituted, checked_loss, default_loss
 from ..core.modes import double_backward_attention, search_mode, write_params
@@ -40,6 +40,7 @@ from ..core.report import InitReport, mark_applied
 from ..core.scales import ScaleAdam, caps_and_floors
 from ..registry import register
 from ..version import __version__
+from .gradinit_batches import GradInitBatches
 
 log = logging.getLogger(__name__)
 
@@ -205,45 +206,6 @@ class GradInitSearch:
         return da, after.detach(), used
 
 
-class _Batches:
-    """Draws S and S~ in the contract's order (see `gradinit`)."""
-
-    def __init__(self, stream: BatchStream, cfg: GradInitConfig):
-        self.stream, self.cfg = stream, cfg
-        self.split = cfg.batching == "split"
-        self.b0 = self.pending_tilde = None
-
-    def S(self) -> Any:
-        if not self.split:
-            b0, b1 = self.stream.next(), self.stream.next()
-            try:
-                self.b0 = b0
-                return concat(b0, b1)
-            except ValueError as e:
-                if self.cfg.batching == "concat":
-                    raise ValueError(f"batches cannot be concatenated ({e}); use batching='split' "
-                                     "to split each batch in thirds instead") from None
-                log.info("batches do not concatenate (%s): splitting each batch in thirds", e)
-                self.split = True
-                self.stream.put_back(b1)
-                batch = b0
-        else:
-            batch = self.stream.next()
-        S, self.pending_tilde = split_thirds(batch)
-        return S
-
-    def S_tilde(self) -> Any:
-        if self.split:
-            return self.pending_tilde
-        b2 = self.stream.next()
-        first = self.b0 if self.cfg.overlap else self.stream.next()  # B0, or a fresh B3
-        try:
-            return concat(first, b2)
-        except ValueError:
-            log.warning("S~ halves do not concatenate; using B2 alone for this iteration")
-            return b2
-
-
 def _prepare(model: nn.Module, params: Optional[ParamFilter], exclude: Optional[ParamFilter],
              settings: dict[str, Any]) -> tuple[GradInitConfig, list[ParamSpec], torch.Tensor]:
     """Validated settings, the trainable tensors, and which of them get a scale."""
@@ -260,7 +222,7 @@ def _prepare(model: nn.Module, params: Optional[ParamFilter], exclude: Optional[
     return cfg, specs, scaled
 
 
-def _iteration(search: GradInitSearch, batches: _Batches, opt: ScaleAdam, scaled: torch.Tensor,
+def _iteration(search: GradInitSearch, batches: GradInitBatches, opt: ScaleAdam, scaled: torch.Tensor,
                graph: bool) -> dict[str, Any]:
     """One iteration: draw S, take a constraint or an objective step on the scales; its record."""
     cfg, t, started, S = search.cfg, search.iteration, time.perf_counter(), []
@@ -340,7 +302,7 @@ def gradinit(
     floors, caps = caps_and_floors([s.is_bias for s in specs], [s.is_norm_weight for s in specs],
                                    cfg.min_scale, cfg.max_scale, cfg.norm_max_scale)
     opt = ScaleAdam(len(specs), cfg.scale_lr, floors, caps, cfg.betas, cfg.eps, cfg.clip)
-    batches = _Batches(BatchStream(data, device=specs[0].param.device), cfg)
+    batches = GradInitBatches(BatchStream(data, device=specs[0].param.device), cfg)
     history: list[dict[str, Any]] = []
     bar = progress_bar(cfg.steps, progress and search.is_main, "gradinit")
     # Build the double-backward graph only when this iteration will likely need it: predicted
