@@ -9,8 +9,9 @@ warmup, divergence recorded rather than raised, BLEU on the test split.
 - Loss: label-smoothed cross-entropy on the target tokens (PAD ignored); validation reports the
   plain token-level cross-entropy (nats), without smoothing.
 - Divergence: a non-finite training loss, or a mean training loss over an evaluation window above
-  `diverge_loss` (default: ln V, the loss of a uniform guess) after the first window. The curve
-  stops there and the run is marked `diverged`.
+  `diverge_loss` (default: ln V + 1, a nat worse than a uniform guess) after the first window.
+  The curve stops there and the run is marked `diverged`. A run that stalls at a high loss
+  without blowing up is not "diverged": its validation loss tells.
 - Gradient clipping is off by default: the study is about stability without it.
 - BLEU: sacrebleu's corpus BLEU (13a tokenization) of the detokenized output against the
   Spanish references; without sacrebleu the hypotheses are returned and BLEU is None.
@@ -47,7 +48,7 @@ class Seq2SeqConfig:
     label_smoothing: float = 0.1
     clip: float | None = None          # global gradient-norm clipping (None: off)
     eval_every: int = 200
-    diverge_loss: float | None = None  # None: ln(vocabulary size)
+    diverge_loss: float | None = None  # None: ln(vocabulary size) + 1
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -132,7 +133,7 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
     model.to(device).train()
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    limit = cfg.diverge_loss if cfg.diverge_loss is not None else math.log(vocab_size)
+    limit = cfg.diverge_loss if cfg.diverge_loss is not None else math.log(vocab_size) + 1
     result, start, step = Seq2SeqResult(), time.perf_counter(), 0
     window, n_window = torch.zeros((), device=device), 0
     while step < cfg.steps and not result.diverged:

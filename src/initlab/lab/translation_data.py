@@ -42,7 +42,7 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
 
 _VERSE = re.compile(r"^\s*(?P<ref>\S.*? \d+:\d+): (?P<text>.*)$")
-_STRONGS = re.compile(r"<[GH]\d+>")
+_STRONGS = re.compile(r"\s*<[GH]\d+>")
 
 
 def data_dir(root: PathLike | None = None) -> Path:
@@ -52,7 +52,7 @@ def data_dir(root: PathLike | None = None) -> Path:
 
 def clean_verse(text: str) -> str:
     """Strip Strong's numbers, pilcrows and the KJV's italics brackets; collapse white space."""
-    text = _STRONGS.sub(" ", text).replace("¶", " ").replace("[", "").replace("]", "")
+    text = _STRONGS.sub("", text).replace("¶", " ").replace("[", "").replace("]", "")
     return " ".join(text.replace("’", "'").split())
 
 

@@ -12,14 +12,16 @@ momenta), after each initialization method:
 - `gradinit-sgd`: GradInit for an SGD target at the cell's learning rate (SGD cells only).
 
 Every finished cell is stored as its own JSON under `<out>/cells/`, and initialized weights
-under `<out>/inits/`, so an interrupted grid resumes where it stopped; `report` rebuilds the
-table and the heatmap from the stored cells.
+under `<out>/inits/`, so an interrupted grid resumes where it stopped; several processes on one
+machine can fill the same grid (each claims a cell before running it); `--report-only` rebuilds
+the table and the heatmap from the stored cells.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -120,7 +122,7 @@ def initialized(cfg: GridConfig, data: TranslationData, method: str, lr: float,
         initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **settings)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": model.state_dict(), "seconds": seconds}, path)
+    _write(path, lambda tmp: torch.save({"state": model.state_dict(), "seconds": seconds}, tmp))
     return model, seconds
 
 
@@ -160,16 +162,45 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     start = time.perf_counter()
     for cell in cells(cfg):
         path = out / "cells" / f"{cell_name(*cell)}.json"
-        if path.is_file():
+        if path.is_file() or not _claim(path):
             continue
         if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
             log.info("time budget reached; run again to continue")
+            path.with_suffix(".claim").unlink()
             break
-        record = run_cell(cfg, data, cell, out)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)     # a cell is stored whole or not at all
+        try:
+            record = json.dumps(run_cell(cfg, data, cell, out))
+            _write(path, lambda tmp, text=record: tmp.write_text(text))
+        finally:
+            path.with_suffix(".claim").unlink(missing_ok=True)
     return load_cells(out)
+
+
+def _write(path: Path, save: Any) -> None:
+    """`save(tmp)` then rename: a file is stored whole or not at all."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save(tmp)
+    tmp.replace(path)
+
+
+def _claim(path: Path) -> bool:
+    """Take a cell for this process: several `run_grid` processes on one machine share the work.
+    A `.claim` file holds the owner's pid; a claim whose process is gone is taken over."""
+    claim = path.with_suffix(".claim")
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(claim.read_text()), 0)
+            return False                     # a live process works on it
+        except ProcessLookupError:
+            claim.unlink(missing_ok=True)    # a stale claim: its process died
+            return _claim(path)
+        except (ValueError, PermissionError):
+            return False                     # being written, or another user's process
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def load_cells(out: str | Path) -> list[dict]:
