@@ -10,7 +10,8 @@ from .core.report import InitReport, apply
 from .core.residual import mark_residual_branch, residual_branches
 from .methods.archscale import archscale_init, archscale_lr, path_depths
 from .methods.autoinit import AutoInitConfig, autoinit
-from .methods.autoinit_maps import Moments, register_elementwise, register_moment_map
+from .methods.autoinit_maps import Moments, register_moment_map
+from .methods.autoinit_ops import register_elementwise
 from .methods.classic import kaiming, orthogonal, xavier
 from .methods.emergence import emergence
 from .methods.fixup import fixup

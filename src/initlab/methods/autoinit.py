@@ -8,7 +8,8 @@ variance) of the signal is propagated node by node from the input's, and each we
     Var(W) = sigma^2 / (fan_in * (var_in + mean_in^2)),   bias 0     (Embedding: Var = sigma^2)
 
 so its output has mean 0 and variance sigma^2. How each operation changes the moments is in
-`autoinit_maps.py` / `autoinit_layers.py`; users can register maps for their own operations.
+`autoinit_ops.py`, `autoinit_layers.py`, `autoinit_pooling.py`; users can register maps for
+their own operations (`autoinit_maps.py`).
 
 Where initlab departs from the paper (whose code is TensorFlow-only; ours is written from the
 formulas), and why:
@@ -38,7 +39,7 @@ from ..core.params import trainable_params
 from ..core.report import InitReport, mark_applied
 from ..registry import register
 from ..version import __version__
-from . import autoinit_layers  # noqa: F401  (registers the layer maps)
+from . import autoinit_layers, autoinit_ops, autoinit_pooling  # noqa: F401  (register maps)
 from ._common import Staged, generator, integer, note_unchanged, positive, require
 from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map, moments
 

@@ -1,5 +1,5 @@
-"""AutoInit moment maps for layers: weighted (Linear, Conv, Embedding), normalization, dropout,
-pooling, softmax, attention, padding. See `autoinit_maps.py` for `Moments` and the registry.
+"""AutoInit moment maps for layers: weighted (Linear, Conv, Embedding, F.linear / F.conv*d),
+normalization, dropout. See `autoinit_maps.py` for `Moments` and the registry.
 
 Weighted layers ask `ctx.layers.weight(...)` for their weight: AutoInit draws it there with
 Var(W) = sigma^2 / (fan_in * E[x^2]) (SPEC §4) and zeroes the bias; a layer it does not
@@ -19,13 +19,12 @@ from .autoinit_maps import (
     MapContext,
     Moments,
     constant,
-    elementwise,
     find_map,
-    identity,
     mixture,
     moments,
     register_moment_map,
 )
+from .autoinit_ops import elementwise, identity
 
 
 def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
@@ -231,114 +230,6 @@ def dropout_function(ctx: MapContext) -> Moments:
     return dropout_moments(ctx.first(), float(ctx.arg(1, "p", 0.5)), channelwise)
 
 
-def _numel(shape: tuple) -> int:
-    return math.prod(shape) if shape else 1
-
-
-def _ratio(ctx: MapContext) -> int:
-    """Input elements per output element of a reduction (the positions it averages)."""
-    src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
-    if not isinstance(src, tuple) or not isinstance(out, tuple):
-        return 1
-    return max(1, round(_numel(src) / max(1, _numel(out))))
-
-
-def average(x: Moments, k: int) -> Moments:
-    """Mean over k positions: the shared part stays, the local part shrinks by k."""
-    return moments(x.mean, x.shared + x.local / k, x.shared)
-
-
-def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
-    """Max over k positions = shared + max of k local values; the latter by Monte Carlo on
-    standard normals, scaled by each sample's local std."""
-    if k <= 1:
-        return x
-    top = ctx.normal(max(1024, ctx.mc_samples), k).amax(1)
-    return moments(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared)
-
-
-def _window(ctx: MapContext) -> int:
-    m = ctx.module
-    k = m.kernel_size if m is not None else ctx.arg(1, "kernel_size")
-    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** (len(ctx.out_shape) - 2)
-
-
-def pool(ctx: MapContext) -> Moments:
-    """Average/max pooling, adaptive or with a kernel, module or function; means and sums."""
-    m, t = ctx.module, ctx.node.target
-    adaptive = isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
-    name = type(m).__name__ if m is not None else getattr(t, "__name__", str(t))
-    k = _ratio(ctx) if adaptive or name in ("mean", "sum") or "adaptive" in name else _window(ctx)
-    x = ctx.first()
-    if "max" in name.lower():
-        return maximum(ctx, x, k)
-    y = average(x, k)
-    return moments(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
-
-
-def softmax(ctx: MapContext) -> Moments:
-    """Softmax / log-softmax over a dim of size T, by Monte Carlo. A part shared along the dim
-    cancels (softmax is shift-invariant), so samples carry the local variance only."""
-    x, shape = ctx.first(), ctx.shape(ctx.raw_args[0])
-    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
-    t = shape[dim if dim is not None else -1]
-    log = isinstance(ctx.module, nn.LogSoftmax) or "log" in str(ctx.node.target)
-    return _softmax_mc(ctx, x.mean, x.local, t, log)
-
-
-def _softmax_mc(ctx: MapContext, mean: torch.Tensor, var: torch.Tensor, t: int,
-                log: bool = False) -> Moments:
-    """Softmax over t i.i.d. N(mean, var) logits, per sample, by Monte Carlo."""
-    mu, sd = mean.reshape(-1, 1, 1), var.sqrt().reshape(-1, 1, 1)
-    z = ctx.normal(max(16, ctx.mc_samples // t), t) * sd + mu      # (S, R, t)
-    y = torch.log_softmax(z, -1) if log else torch.softmax(z, -1)
-    shape = torch.broadcast_shapes(mean.shape, var.shape)
-    return moments(y.mean((1, 2)).reshape(shape), y.var((1, 2)).reshape(shape), 0.0)
-
-
-def matmul_moments(a: Moments, b: Moments, k: int) -> Moments:
-    """Sum of k products of independent entries."""
-    return moments(k * a.mean * b.mean, k * (a.second * b.second - (a.mean * b.mean) ** 2), 0.0)
-
-
-def matmul(ctx: MapContext) -> Moments:
-    a, b = ctx.args[0], ctx.args[1]
-    a = a if isinstance(a, Moments) else constant(a)
-    b = b if isinstance(b, Moments) else constant(b)
-    return matmul_moments(a, b, ctx.shape(ctx.raw_args[0])[-1])
-
-
-def attention(ctx: MapContext) -> Moments:
-    """F.scaled_dot_product_attention by composition. Along the keys, only the parts of the
-    scores q_i . k_j that vary with j matter (softmax is shift-invariant): variance
-    d * E[q^2] * local(k) * scale^2. The weights a_ij (sum 1, by Monte Carlo) average the values:
-    their shared part passes whole, the local part shrinks by E[sum_j a_ij^2], and the values'
-    mean over keys (local / t) is common to all queries. Masks are ignored."""
-    q, k, v = ctx.args[:3]
-    d, t = ctx.shape(ctx.raw_args[0])[-1], ctx.shape(ctx.raw_args[1])[-2]
-    scale = ctx.kwargs.get("scale") or 1 / math.sqrt(d)
-    a = _softmax_mc(ctx, torch.zeros_like(k.local), d * q.second * k.local * scale ** 2, t)
-    concentration = t * a.second                                     # E[sum_j a_ij^2]
-    # every query averages the same values: their mean over the keys is shared by all queries
-    shared = v.shared + v.local / t
-    return moments(v.mean, v.shared + v.local * concentration, shared)
-
-
-def pad(ctx: MapContext) -> Moments:
-    """Constant padding: a mixture of the input and the fill value, by element counts."""
-    src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
-    frac = _numel(src) / max(1, _numel(out))
-    m = ctx.module
-    if m is not None:
-        value, mode = getattr(m, "value", 0.0), "constant"
-    else:
-        value, mode = ctx.arg(3, "value", 0.0) or 0.0, ctx.arg(2, "mode", "constant")
-    if mode != "constant":
-        return ctx.first()
-    return mixture([ctx.first(), moments(float(value), 0.0)], [frac, 1 - frac])
-
-
 for _t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_moment_map(_t, weighted_layer)
 for _t in (F.linear, F.conv1d, F.conv2d, F.conv3d):
@@ -351,20 +242,3 @@ for _t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout
     register_moment_map(_t, dropout_module)
 for _t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
     register_moment_map(_t, dropout_function)
-for _t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-           F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-           F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-           F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d,
-           torch.max_pool2d, torch.max_pool3d,
-           torch.mean, torch.sum, "mean", "sum"):
-    register_moment_map(_t, pool)
-for _t in (nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax,
-           torch.log_softmax, "softmax", "log_softmax"):
-    register_moment_map(_t, softmax)
-for _t in (torch.matmul, torch.bmm, "matmul", "bmm", __import__("operator").matmul):
-    register_moment_map(_t, matmul)
-register_moment_map(F.scaled_dot_product_attention, attention)
-for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, F.pad):
-    register_moment_map(_t, pad)

@@ -10,23 +10,23 @@ over positions (global average pooling) is predicted right: a mean over k positi
 `shared + (var - shared) / k`, where the paper's i.i.d. Monte Carlo gives `var / k`, which is far
 too small for real feature maps (the channel offsets a nonzero-mean input causes never average
 out). Every map takes a `MapContext` and returns `Moments` (or a tuple of them, or None for a
-non-tensor value). Maps for the layer kinds are in `autoinit_layers.py`.
+non-tensor value). The maps themselves: `autoinit_ops.py` (elementwise functions, arithmetic,
+concatenation, shape operations), `autoinit_layers.py` (weighted layers, normalization, dropout)
+and `autoinit_pooling.py` (pooling, softmax, attention, padding).
 
 User maps: `register_moment_map(MyModule, fn)`, `register_moment_map(my_function, fn)`,
-`register_moment_map("method_name", fn)`, or `register_elementwise(fn_or_module_type)` for any
-elementwise function (its moments then come from Gauss-Hermite quadrature).
+`register_moment_map("method_name", fn)`, or `register_elementwise(fn_or_module_type)`
+(`autoinit_ops.py`) for any elementwise function (moments by Gauss-Hermite quadrature).
 """
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 
@@ -158,12 +158,6 @@ def register_moment_map(target: Union[type, str, Callable], fn: MomentMap) -> No
                         "module type, a Tensor method name or a function")
 
 
-def register_elementwise(*targets: Union[type, str, Callable]) -> None:
-    """Declare elementwise operations: their moments come from Gauss-Hermite quadrature."""
-    for t in targets:
-        register_moment_map(t, elementwise)
-
-
 def find_map(node: fx.Node, module: Optional[nn.Module]) -> Optional[MomentMap]:
     if node.op == "call_module":
         for cls in type(module).__mro__:
@@ -238,121 +232,3 @@ def constant(value: Any) -> Optional[Moments]:
             return moments(v.reshape(()), 0.0)
         return moments(v.mean(), v.var(unbiased=False))
     return None
-
-
-# -- generic maps ---------------------------------------------------------------------------------
-def elementwise(ctx: MapContext) -> Moments:
-    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation."""
-    return quadrature(ctx.evaluate, ctx.first(), ctx.quadrature_points)
-
-
-def identity(ctx: MapContext) -> Any:
-    """Shape operations (reshape, permute, indexing, ...): the statistics do not change.
-    Indexing a tuple of results picks that result's statistics."""
-    src = ctx.args[0] if ctx.args else None
-    if isinstance(src, (tuple, list)) and ctx.node.target is operator.getitem:
-        return src[ctx.args[1]]
-    return ctx.first()
-
-
-def split(ctx: MapContext) -> Any:
-    """chunk/split/unbind: every piece keeps the statistics (a tuple, one per piece)."""
-    shape = ctx.out_shape
-    n = len(shape) if isinstance(shape, tuple) and shape and isinstance(shape[0], tuple) else 1
-    return tuple(ctx.first() for _ in range(n))
-
-
-def _operands(ctx: MapContext) -> tuple[Optional[Moments], Optional[Moments]]:
-    a = ctx.args[0]
-    b = ctx.args[1] if len(ctx.args) > 1 else ctx.kwargs.get("other")
-    return (a if isinstance(a, Moments) else constant(a),
-            b if isinstance(b, Moments) else constant(b))
-
-
-def _same_node(ctx: MapContext) -> bool:
-    raw = ctx.raw_args
-    return len(raw) > 1 and isinstance(raw[0], fx.Node) and raw[0] is raw[1]
-
-
-def add(ctx: MapContext) -> Moments:
-    a, b = _operands(ctx)
-    alpha = ctx.kwargs.get("alpha", 1)
-    if _same_node(ctx):  # x + x = 2x (fully correlated)
-        return moments((1 + alpha) * a.mean, (1 + alpha) ** 2 * a.var, (1 + alpha) ** 2 * a.shared)
-    if a is None or b is None:
-        return a or b
-    return moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
-                   a.shared + alpha ** 2 * b.shared)
-
-
-def sub(ctx: MapContext) -> Moments:
-    a, b = _operands(ctx)
-    if _same_node(ctx):
-        return moments(0.0, 0.0)
-    if a is None or b is None:
-        return a or b
-    return moments(a.mean - b.mean, a.var + b.var, a.shared + b.shared)
-
-
-def mul(ctx: MapContext) -> Moments:
-    a, b = _operands(ctx)
-    if _same_node(ctx):
-        return quadrature(lambda z: z * z, a, ctx.quadrature_points)
-    if a is None or b is None:
-        return a or b
-    return product(a, b)
-
-
-def div(ctx: MapContext) -> Moments:
-    a, b = _operands(ctx)
-    if b is not None and b.is_constant() and float(b.mean) != 0 and isinstance(ctx.args[0], Moments):
-        return moments(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2)
-    return elementwise(ctx)  # c / x: an elementwise function of x (raises if x / y)
-
-
-def neg(ctx: MapContext) -> Moments:
-    x = ctx.first()
-    return Moments(-x.mean, x.var, x.shared)
-
-
-def cat(ctx: MapContext) -> Moments:
-    parts = ctx.arg(0, "tensors")
-    nodes = ctx.raw_args[0] if ctx.raw_args else ctx.node.kwargs["tensors"]
-    dim = ctx.arg(1, "dim", 0)
-    stack = ctx.node.target is torch.stack
-    sizes = [1.0 if stack else float(ctx.shape(n)[dim]) for n in nodes]
-    known = [(p, s) for p, s in zip(parts, sizes) if isinstance(p, Moments)]
-    return mixture([p for p, _ in known], [s for _, s in known])
-
-
-register_elementwise(
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-    nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
-    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, F.hardtanh,
-    F.hardswish, F.hardsigmoid, F.logsigmoid, torch.exp, torch.sin, torch.cos, torch.abs,
-    torch.square, torch.erf, operator.pow, torch.pow, operator.abs,
-    "relu", "tanh", "sigmoid", "exp", "abs", "square", "sin", "cos", "pow", "erf",
-)
-for _t in (operator.add, torch.add, "add", operator.iadd, "add_"):
-    register_moment_map(_t, add)
-for _t in (operator.sub, torch.sub, "sub", operator.isub, "sub_"):
-    register_moment_map(_t, sub)
-for _t in (operator.mul, torch.mul, "mul", operator.imul, "mul_"):
-    register_moment_map(_t, mul)
-for _t in (operator.truediv, torch.div, "div", operator.itruediv, "div_"):
-    register_moment_map(_t, div)
-for _t in (operator.neg, torch.neg, "neg"):
-    register_moment_map(_t, neg)
-for _t in (torch.cat, torch.concat, torch.stack):
-    register_moment_map(_t, cat)
-for _t in (torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind"):
-    register_moment_map(_t, split)
-for _t in (nn.Identity, nn.Flatten, nn.Unflatten, operator.getitem, torch.flatten, torch.reshape,
-           torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.roll, torch.flip,
-           torch.clone, "view", "reshape", "flatten", "permute", "transpose", "contiguous",
-           "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "t", "clone", "detach",
-           "to", "float", "double", "half", "type_as", "narrow", "roll", "flip", "view_as",
-           "unflatten", "movedim", torch.movedim):
-    register_moment_map(_t, identity)
