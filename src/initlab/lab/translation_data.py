@@ -241,3 +241,8 @@ def pad(seqs: list[torch.Tensor], device: str | torch.device | None = None) -> t
     """Right-pad 1-D id tensors with PAD into (len(seqs), longest)."""
     out = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=PAD)
     return out.to(device) if device is not None else out
+
+
+if __name__ == "__main__":  # the set-up's step (scripts/setup_data.sh): build and tokenize once
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(load_translation_data())
