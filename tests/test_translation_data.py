@@ -18,6 +18,7 @@ from initlab.lab.translation_data import (
     parse_diatheke,
     split_of,
 )
+from translation_helpers import one_thread  # noqa: F401  (a fixture)
 
 # Real lines of `diatheke -f plain` output (KJV: engKJV2006eb, RV1909: spaRV1909eb), including a
 # Psalm title line, the indented references of later books, a pilcrow and Strong's tags.
@@ -42,13 +43,7 @@ han multiplicado mis enemigos! muchos se levantan contra mí.
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only add synchronization cost (10x on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_cleans_and_drops_non_verse_lines():

@@ -11,17 +11,12 @@ from initlab.lab.models import build_model
 from initlab.lab.transformer import TransformerConfig, TranslationTransformer
 from initlab.lab.translation import seq2seq_loss
 from initlab.lab.translation_data import EOS, PAD
+from translation_helpers import one_thread  # noqa: F401  (a fixture)
 
 V = 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only add synchronization cost (10x on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(norm="post", shared=True, layers=2, dropout=0.0, seed=0):

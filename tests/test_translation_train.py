@@ -11,17 +11,12 @@ from initlab.lab.transformer import TransformerConfig, TranslationTransformer
 from initlab.lab.translation import Seq2SeqConfig, bleu, evaluate_loss, lr_factor, seq2seq_loss, train_seq2seq
 from initlab.lab.translation_data import BOS, EOS, TokenBatches
 from initlab.lab.translation_report import format_grid
+from translation_helpers import one_thread  # noqa: F401  (a fixture)
 
 V = 30
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra threads only add synchronization cost (10x on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def copy_task(n=48, seed=0):
