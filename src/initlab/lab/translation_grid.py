@@ -9,7 +9,8 @@ momenta), after each initialization method:
 - `tfixup`: T-Fixup (Huang et al., ICML 2020), no warmup;
 - `gradinit`: GradInit with the authors' Transformer recipe (`TRANSFORMER_RECIPE`: Adam target,
   eta 1e-3, gamma 1000), no warmup -- one search, used for every cell;
-- `gradinit-sgd`: GradInit for an SGD target at the cell's learning rate (SGD cells only).
+- `gradinit-sgd`: GradInit for an SGD target at the cell's learning rate (SGD cells only; where
+  it is chosen, SGD cells do not also run the Adam-target `gradinit`).
 
 Every finished cell is stored as its own JSON under `<out>/cells/`, and initialized weights
 under `<out>/inits/`, so an interrupted grid resumes where it stopped; several processes on one
@@ -73,13 +74,15 @@ class GridConfig:
 
 
 def cells(cfg: GridConfig) -> list[tuple[str, float, float | None, str]]:
-    """(optimizer, lr, momentum, method) for every cell, Adam first, methods innermost."""
+    """(optimizer, lr, momentum, method) for every cell, Adam first, methods innermost.
+    SGD cells get `gradinit` (the Adam-target recipe) only when `gradinit-sgd` is not chosen."""
+    sgd_methods = [m for m in cfg.methods if m != "gradinit" or "gradinit-sgd" not in cfg.methods]
     out = []
     for lr in cfg.adam_lrs:
         out += [("adam", lr, None, m) for m in cfg.methods if m != "gradinit-sgd"]
     for mom in cfg.momenta:
         for lr in cfg.sgd_lrs:
-            out += [("sgd", lr, mom, m) for m in cfg.methods]
+            out += [("sgd", lr, mom, m) for m in sgd_methods]
     return out
 
 
