@@ -113,6 +113,12 @@ def scenarios(rank: int) -> dict[str, Any]:
     initlab.gradinit(model, data, **RUNS["sgd"])
     out["bare_differing"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    # distributed=False: rank 0 searches alone while rank 1 does nothing (no collective, no hang).
+    if rank == 0:
+        model = mlp(0)
+        initlab.gradinit(model, data, distributed=False, **RUNS["sgd"])
+        out["alone"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     # Failures on rank 1 only: every rank raises, quickly, and keeps its model.
     out["fail_first_pass"] = failure(rank, data, 3, steps=5, gamma=1e9)
     out["fail_objective"] = failure(rank, data, 4, steps=5, gamma=1e9)

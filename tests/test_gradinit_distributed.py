@@ -128,3 +128,11 @@ def test_settings_checked_on_every_rank(ranks):
         assert r["different_setting"]["type"] == "ValueError"
         assert "different GradInit settings" in r["different_setting"]["message"]
         assert r["still_in_step"]
+
+
+def test_distributed_false_searches_alone(ranks):
+    model = mlp(0)
+    initlab.gradinit(model, rank_batches(0), **RUNS["sgd"])  # one process, rank 0's data only
+    for k, v in model.state_dict().items():
+        assert torch.equal(ranks[0]["alone"][k], v), k
+    assert "alone" not in ranks[1]

@@ -266,6 +266,7 @@ def gradinit(
     params: Optional[ParamFilter] = None,
     exclude: Optional[ParamFilter] = None,
     progress: bool = False,
+    distributed: bool = True,
     **settings: Any,
 ) -> InitReport:
     """Learn a scale for each parameter tensor of `model` with GradInit, and write it in place.
@@ -282,7 +283,10 @@ def gradinit(
             `model(**batch).loss` for dict batches. It must call the `model` it is given.
         params / exclude: which tensors get a scale (default: every floating-point parameter
             that requires grad): regex on the name, module type, callable, or a list of these.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (on rank 0 only, under torch.distributed).
+        distributed: under an initialized `torch.distributed` group of 2+ ranks, run one search
+            across all ranks (every rank must call; see `methods/gradinit_distributed.py`).
+            False: this process searches alone (e.g. on rank 0 only, then broadcast).
         **settings: fields of `GradInitConfig` (target, lr, steps, scale_lr, gamma, ...).
 
     Returns:
@@ -291,7 +295,7 @@ def gradinit(
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module  # scaled in place, so the DDP wrapper stays valid
     first_param = next(model.parameters(), None)
-    ranks = current_ranks(first_param.device if first_param is not None else "cpu")
+    ranks = current_ranks(first_param.device if first_param is not None else "cpu") if distributed else None
     prepare = lambda: _prepare(model, params, exclude, settings)  # noqa: E731
     cfg, specs, scaled = prepare() if ranks is None else ranks.guarded(prepare, "checking settings")
     if ranks is None:
