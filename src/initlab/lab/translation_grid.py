@@ -59,7 +59,8 @@ class GridConfig:
     steps: int = 600                  # the update budget of every run
     warmup: int = 150                 # the reference's warmup; decay starts here for all runs
     eval_every: int = 100
-    gradinit_steps: int = 100         # the authors use 780 (one epoch of IWSLT'14)
+    gradinit_steps: int = 780         # the authors' recipe (one epoch of IWSLT'14)
+    gradinit_sgd_steps: int = 200     # the SGD-target variant: one search per learning rate
     beam: int = 1
     seed: int = 0
     device: str = "cpu"
@@ -104,28 +105,33 @@ def initialized(cfg: GridConfig, data: TranslationData, method: str, lr: float,
     model = build(cfg, data.vocab_size)
     if method in ("default", "warmup"):
         return model, 0.0
-    key = "gradinit" if method == "gradinit" else method
-    if method == "gradinit-sgd":
-        key = f"gradinit-sgd-lr{lr:g}"
+    key = {"tfixup": "tfixup", "gradinit": f"gradinit-s{cfg.gradinit_steps}",
+           "gradinit-sgd": f"gradinit-sgd-lr{lr:g}-s{cfg.gradinit_sgd_steps}"}[method]
     path = out / "inits" / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() and not _claim(path):
+        raise _Busy(key)   # another process computes this init: do other cells meanwhile
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         model.load_state_dict(saved["state"])
         return model, saved["seconds"]
     start = time.perf_counter()
-    if method == "tfixup":
-        initialize(model, "tfixup", seed=cfg.seed)
-    else:
-        settings = dict(TRANSFORMER_RECIPE, steps=cfg.gradinit_steps, batching="split")
-        if method == "gradinit-sgd":
-            settings.update(target="sgd", lr=lr, gamma=1.0)
-        batches = TokenBatches(data.src["train"], data.tgt["train"], cfg.batch_size,
-                               shuffle=True, seed=cfg.seed + 7919, device=cfg.device)
-        loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
-        initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **settings)
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, lambda tmp: torch.save({"state": model.state_dict(), "seconds": seconds}, tmp))
+    try:
+        if method == "tfixup":
+            initialize(model, "tfixup", seed=cfg.seed)
+        else:
+            settings = dict(TRANSFORMER_RECIPE, steps=cfg.gradinit_steps, batching="split")
+            if method == "gradinit-sgd":
+                settings.update(target="sgd", lr=lr, gamma=1.0, steps=cfg.gradinit_sgd_steps)
+            batches = TokenBatches(data.src["train"], data.tgt["train"], cfg.batch_size,
+                                   shuffle=True, seed=cfg.seed + 7919, device=cfg.device)
+            loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
+            initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **settings)
+        seconds = time.perf_counter() - start
+        _write(path, lambda tmp: torch.save({"state": model.state_dict(), "seconds": seconds},
+                                            tmp))
+    finally:
+        path.with_suffix(".claim").unlink(missing_ok=True)
     return model, seconds
 
 
@@ -162,21 +168,32 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     (out / "grid.json").write_text(json.dumps(asdict(cfg), indent=1))
     data = load_translation_data(cfg.data_dir, max_words=cfg.max_words, vocab_size=cfg.vocab_size)
     log.info("grid on %r: %d cells", data, len(cells(cfg)))
-    start = time.perf_counter()
-    for cell in cells(cfg):
-        path = out / "cells" / f"{cell_name(*cell)}.json"
-        if path.is_file() or not _claim(path):
-            continue
-        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
-            log.info("time budget reached; run again to continue")
-            path.with_suffix(".claim").unlink()
-            break
-        try:
-            record = json.dumps(run_cell(cfg, data, cell, out))
-            _write(path, lambda tmp, text=record: tmp.write_text(text))
-        finally:
-            path.with_suffix(".claim").unlink(missing_ok=True)
+    start, waiting = time.perf_counter(), True
+    while waiting:   # passes over the cells until none waits on an init another process computes
+        waiting = ran = False
+        for cell in cells(cfg):
+            path = out / "cells" / f"{cell_name(*cell)}.json"
+            if path.is_file() or not _claim(path):
+                continue
+            if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+                log.info("time budget reached; run again to continue")
+                path.with_suffix(".claim").unlink()
+                return load_cells(out)
+            try:
+                record = json.dumps(run_cell(cfg, data, cell, out))
+                _write(path, lambda tmp, text=record: tmp.write_text(text))
+                ran = True
+            except _Busy:
+                waiting = True
+            finally:
+                path.with_suffix(".claim").unlink(missing_ok=True)
+        if waiting and not ran:
+            time.sleep(10)
     return load_cells(out)
+
+
+class _Busy(Exception):
+    """An init this cell needs is being computed by another process."""
 
 
 def _write(path: Path, save: Any) -> None:
@@ -222,7 +239,8 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--momenta", type=floats, default=d.momenta)
     p.add_argument("--methods", type=lambda s: s.split(","), default=d.methods)
     for name in ("layers", "d_model", "nhead", "ffn", "max_words", "vocab_size", "batch_size",
-                 "steps", "warmup", "eval_every", "gradinit_steps", "beam", "seed"):
+                 "steps", "warmup", "eval_every", "gradinit_steps", "gradinit_sgd_steps", "beam",
+                 "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--norm", choices=("post", "pre"), default=d.norm)
