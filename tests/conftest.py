@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# The tests' models are tiny: intra-op threads buy nothing and, on a busy 2-core machine, threads
+# waiting for each other made single tests 100x slower. Subprocesses (torchrun, spawn) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # Tests run on CPU unless INITLAB_TEST_DEVICE names another device (e.g. "cuda").
 DEVICE = torch.device(os.environ.get("INITLAB_TEST_DEVICE", "cpu"))
 

@@ -104,3 +104,19 @@ def test_lsuv_reaches_transformer_feed_forward_layers(caplog):
     measured = {h["layer"] for h in report.history}
     assert {"stem", "attn.linear1", "attn.linear2", "head"} <= measured
     assert "attn.self_attn.out_proj" in caplog.text       # called inside attention: warned
+
+
+def test_analytic_rules_read_their_example_input_from_data():
+    x = torch.randn(64, 6)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4))
+    initlab.initialize(model, "autoinit", data=[(x, torch.zeros(64, dtype=torch.long))])
+    by_data = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4))
+    initlab.initialize(model, "autoinit", example_input=x)
+    assert all(torch.equal(a, b) for a, b in zip(by_data, model.parameters()))
+    with pytest.raises(ValueError, match="example_input=<tensor>"):
+        initlab.initialize(model, "autoinit", data=[{"x": x}])
+    with pytest.raises(ValueError, match="fixed rule and takes no data"):
+        initlab.initialize(model, "kaiming", data=[(x, x)])

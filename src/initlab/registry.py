@@ -6,9 +6,11 @@ the model in place and return an `InitReport` (or None for rules with nothing to
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
+import torch
 from torch import nn
 
 
@@ -52,5 +54,20 @@ def initialize(model: nn.Module, name: str, data: Optional[Iterable] = None, **s
             raise ValueError(f"{name} learns from data: pass data=<iterable of batches>")
         return info.fn(model, data, **settings)
     if data is not None:
-        raise ValueError(f"{name} is a fixed rule and takes no data")
+        if "example_input" not in inspect.signature(info.fn).parameters:
+            raise ValueError(f"{name} is a fixed rule and takes no data")
+        if settings.get("example_input") is None:  # analytic rules read the shape of one batch
+            settings["example_input"] = example_inputs(data, name)
     return info.fn(model, **settings)
+
+
+def example_inputs(data: Iterable, name: str) -> Any:
+    """The model inputs of `data`'s first batch: the batch itself if it is a tensor, its first
+    element if it is a tuple/list `(inputs, targets, ...)`."""
+    batch = next(iter(data), None)
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise ValueError(f"{name} needs an example input: pass example_input=<tensor> (the first batch "
+                     f"of data is {type(batch).__name__}, not a tensor or an (inputs, ...) tuple)")

@@ -90,10 +90,9 @@ def init_model(model: torch.nn.Module, spec: str, init_batches: Batches,
     start = time.perf_counter()
     for name in check_methods(spec):
         info = method_info(name)
-        extra = dict(settings.get(name, {}))
-        if "example_input" in inspect.signature(info.fn).parameters:
-            extra.setdefault("example_input", next(iter(init_batches))[0])
-        initialize(model, name, data=init_batches if info.needs_data else None, **extra)
+        takes_data = info.needs_data or "example_input" in inspect.signature(info.fn).parameters
+        initialize(model, name, data=init_batches if takes_data else None,
+                   **settings.get(name, {}))
     _sync(device)
     return time.perf_counter() - start
 
