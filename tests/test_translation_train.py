@@ -10,7 +10,7 @@ from initlab.lab import translation_grid
 from initlab.lab.transformer import TransformerConfig, TranslationTransformer
 from initlab.lab.translation import Seq2SeqConfig, bleu, evaluate_loss, lr_factor, seq2seq_loss, train_seq2seq
 from initlab.lab.translation_data import BOS, EOS, TokenBatches
-from initlab.lab.translation_report import format_grid
+from initlab.lab.translation_report import format_grid, plot_grid
 from translation_helpers import one_thread  # noqa: F401  (a fixture)
 
 V = 30
@@ -114,3 +114,16 @@ def test_the_grid_resumes_cell_by_cell(tmp_path, monkeypatch):
     assert translation_grid.run_grid(cfg, tmp_path) == cells           # nothing recomputed
     table = format_grid(cells)
     assert table.count("\n") == 3 and "Adam 0.001" in table and "SGD 0.1 m0.9" in table
+
+
+def test_the_report_marks_stalled_and_diverged_runs(tmp_path):
+    def cell(method, valid, diverged=False):
+        return dict(optimizer="adam", lr=1e-3, momentum=None, method=method, valid_loss=valid,
+                    final_valid_loss=None if diverged else valid[-1], bleu=None if diverged else 1.5,
+                    diverged=diverged, diverged_step=200 if diverged else None)
+    cells = [cell("default", [5.8, 5.79, 5.75]), cell("warmup", [5.8, 5.5]),
+             cell("tfixup", [5.8], diverged=True)]
+    row = format_grid(cells).splitlines()[2]
+    assert row == "| Adam 0.001 | 5.75 / 1.5 **stalled** | 5.50 / 1.5 | diverged @200 |"
+    plot_grid(cells, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
