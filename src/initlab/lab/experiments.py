@@ -210,8 +210,10 @@ def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
     from ..plotting import _pyplot
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (name, entry) in enumerate(results["methods"].items()):
-        color = f"C{i % 10}"
+    methods = results["methods"]
+    palette = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    for i, (name, entry) in enumerate(methods.items()):
+        color = palette(i % palette.N)
         for r in entry["runs"]:
             acc = [100 * a for a in r["test_acc"]]
             ax.plot(range(1, len(acc) + 1), acc, color=color, alpha=0.3, lw=0.8)
@@ -220,6 +222,8 @@ def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
         curve = [100 * a for a in entry["summary"]["mean_curve"]]
         if curve:
             ax.plot(range(1, len(curve) + 1), curve, color=color, lw=2, label=name, marker=".")
+        else:  # every run diverged or failed: still named in the legend
+            ax.plot([], [], color=color, marker="x", ls="", label=f"{name} (no run finished)")
     c = results["config"]
     width = f" width {c['width']}" if c["width"] else ""
     ax.set_title(f"{c['data']}, {c['model']}{c['depth'] or ''}{width} "
@@ -230,7 +234,7 @@ def plot_accuracy(results: dict[str, Any], path: str | Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=7 if len(methods) > 6 else 10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
