@@ -100,6 +100,34 @@ def test_tied_embedding_is_scaled_once():
     assert report.scales["emb.weight"] != 1.0
 
 
+def test_module_registered_under_two_names_keeps_its_parameters():
+    class Shared(nn.Module):  # one Linear reachable as .enc and .dec (a shared encoder/decoder)
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(6, 6)
+            self.dec = self.enc
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.dec(torch.tanh(self.enc(x)))))
+
+    model = Shared()
+    params = dict(model.named_parameters())
+    w = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
+    report = initlab.gradinit(model, data, steps=5, scale_lr=0.1)
+    assert model.dec is model.enc
+    for n, p in model.named_parameters():  # the same Parameter objects, scaled in place
+        assert p is params[n] and isinstance(p, nn.Parameter)
+        torch.testing.assert_close(p.detach(), w[n] * report.scales[n])
+    assert report.scales["enc.weight"] != 1.0  # the search saw the substituted tensor
+    opt.zero_grad()
+    F.cross_entropy(model(data[0][0]), data[0][1]).backward()
+    opt.step()  # the optimizer made before still holds the model's parameters
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_parametrized_weight():
     model = nn.Sequential(parametrizations.weight_norm(nn.Linear(6, 10)), nn.ReLU(),
                           nn.Linear(10, 3))

@@ -7,6 +7,7 @@ real model, so a user's `loss_fn` can use `model.config`, `model.encoder(...)` i
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -18,6 +19,17 @@ from torch.func import functional_call
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 
+_ALIASED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _has_aliased_modules(model: nn.Module) -> bool:
+    """Whether some submodule is reachable under two names (checked once per model)."""
+    if model not in _ALIASED:
+        _ALIASED[model] = (sum(1 for _ in model.named_modules(remove_duplicate=False))
+                           != sum(1 for _ in model.modules()))
+    return _ALIASED[model]
+
+
 class Substituted:
     """Callable like `model`, but with `tensors` (name -> tensor) in place of its parameters."""
 
@@ -26,7 +38,18 @@ class Substituted:
         self._tensors = tensors
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self._model, self._tensors, args, kwargs, tie_weights=True)
+        if not _has_aliased_modules(self._model):
+            return functional_call(self._model, self._tensors, args, kwargs, tie_weights=True)
+        # A module registered under two names (self.a = self.b = Linear) makes functional_call
+        # restore one name from the other, leaving the substituted tensor in the model instead
+        # of its nn.Parameter (torch 2.13). Put every module's parameter dict back ourselves.
+        saved = [(m, dict(m._parameters)) for m in self._model.modules()]
+        try:
+            return functional_call(self._model, self._tensors, args, kwargs, tie_weights=True)
+        finally:
+            for module, params in saved:
+                module._parameters.clear()
+                module._parameters.update(params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
