@@ -85,6 +85,17 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 @torch.no_grad()
+def optimizer_step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler, clip: float | None) -> None:
+    """Backward, optional gradient-norm clipping, optimizer and schedule step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+
+
 def evaluate(model: nn.Module, batches: Batches, device: str | torch.device = "cpu"):
     """(mean cross-entropy, accuracy) of `model` on `batches`, in eval mode."""
     was_training = model.training
@@ -120,12 +131,7 @@ def train(model: nn.Module, train_batches: Batches, test_batches: Batches,
         for x, y in train_batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
+            optimizer_step(model, loss, opt, sched, cfg.clip)
             running += loss.detach()
             bar.update(1)
         # One host sync per epoch: a non-finite step makes the running sum non-finite too.

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decoding import beam_search, greedy_decode
+from .train import optimizer_step
 from .translation_data import EOS, PAD, TokenBatches, TranslationData, pad
 
 log = logging.getLogger(__name__)
@@ -139,12 +140,7 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
     while step < cfg.steps and not result.diverged:
         for src, tgt in train_batches:
             loss = seq2seq_loss(model, (src.to(device), tgt.to(device)), cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
+            optimizer_step(model, loss, opt, sched, cfg.clip)
             step += 1
             window += loss.detach()
             n_window += 1
