@@ -81,6 +81,20 @@ def inf_loss(model, batch) -> torch.Tensor:
     return model(x).sum() * float("inf")
 
 
+FAILURE_CASES = ["loader raises", "nan batch", "inf loss", "inf activation"]
+
+
+def failure_case(case: str, good: list, raise_after: int):
+    """(data, loss_fn, expected error type) for one of `FAILURE_CASES`."""
+    if case == "loader raises":
+        return RaisesAfter(good, raise_after), None, RuntimeError
+    if case == "nan batch":
+        return with_nan(good, 2), None, FloatingPointError
+    if case == "inf loss":
+        return good, inf_loss, FloatingPointError
+    return [(x * 1e38, y) for x, y in good], None, FloatingPointError  # inf activation
+
+
 class Block(nn.Module):
     """x + scale * branch(x), branch = m Linear layers with ReLU between, marked for Fixup."""
 

@@ -8,13 +8,12 @@ from torch import nn
 import initlab
 from initlab.methods.lsuv import lsuv
 from method_helpers import (
-    RaisesAfter,
+    FAILURE_CASES,
     assert_same,
     batches,
     bn_dropout_mlp,
-    inf_loss,
+    failure_case,
     snapshot,
-    with_nan,
 )
 
 
@@ -104,19 +103,10 @@ def test_leaves_modes_and_buffers_as_they_were():
     assert not torch.equal(model[4].weight, before["params"]["4.weight"])
 
 
-@pytest.mark.parametrize("case", ["loader raises", "nan batch", "inf loss", "inf activation"])
+@pytest.mark.parametrize("case", FAILURE_CASES)
 def test_failure_leaves_model_bitwise_unchanged(case):
     model = bn_dropout_mlp()
-    good = batches(4)
-    data, loss_fn, err = good, None, FloatingPointError
-    if case == "loader raises":
-        data, err = RaisesAfter(good, 2), RuntimeError
-    elif case == "nan batch":
-        data = with_nan(good, 2)
-    elif case == "inf loss":
-        loss_fn = inf_loss
-    else:
-        data = [(x * 1e38, y) for x, y in good]
+    data, loss_fn, err = failure_case(case, batches(4), raise_after=2)
     before = snapshot(model)
     with pytest.raises(err) as info:
         lsuv(model, data, loss_fn=loss_fn)

@@ -10,14 +10,13 @@ from torch.func import functional_call
 import initlab
 from initlab.methods.metainit import gradient_quotient, metainit
 from method_helpers import (
-    RaisesAfter,
+    FAILURE_CASES,
     assert_same,
     batches,
     bn_dropout_mlp,
-    inf_loss,
+    failure_case,
     mlp,
     snapshot,
-    with_nan,
 )
 
 # ---- brute force: GQ from the formula, with H from torch.autograd.functional.hessian ----------
@@ -140,19 +139,10 @@ def test_leaves_modes_and_buffers_as_they_were():
     assert not torch.equal(model[0].weight, before["params"]["0.weight"])
 
 
-@pytest.mark.parametrize("case", ["loader raises", "nan batch", "inf loss", "inf activation"])
+@pytest.mark.parametrize("case", FAILURE_CASES)
 def test_failure_leaves_model_bitwise_unchanged(case):
     model = bn_dropout_mlp()
-    good = batches(4)
-    data, loss_fn, err = good, None, FloatingPointError
-    if case == "loader raises":
-        data, err = RaisesAfter(good, 3), RuntimeError
-    elif case == "nan batch":
-        data = with_nan(good, 2)
-    elif case == "inf loss":
-        loss_fn = inf_loss
-    else:
-        data = [(x * 1e38, y) for x, y in good]
+    data, loss_fn, err = failure_case(case, batches(4), raise_after=3)
     before = snapshot(model)
     with pytest.raises(err):
         metainit(model, data, loss_fn=loss_fn, steps=6)
