@@ -40,6 +40,7 @@ from ..core.report import InitReport, mark_applied
 from ..core.scales import ScaleAdam, caps_and_floors
 from ..registry import register
 from ..version import __version__
+from ._common import note_unchanged
 from .gradinit_batches import GradInitBatches
 
 log = logging.getLogger(__name__)
@@ -332,9 +333,7 @@ def gradinit(
                     [w * float(a) for w, a, k in zip(search.w0, opt.alpha.tolist(), keep) if k])
         write_params(*search.guarded(final_values, "final values"))
     except BaseException as e:
-        if hasattr(e, "add_note"):
-            e.add_note(f"initlab.gradinit stopped at iteration {search.iteration}; "
-                       "the model was left unchanged")
+        note_unchanged(e, "gradinit", f"at iteration {search.iteration}")
         raise
     finally:
         bar.close()
