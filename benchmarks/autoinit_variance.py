@@ -6,6 +6,10 @@ then apply `initlab.autoinit` (sigma^2 = 1) and measure again on a fresh batch. 
 worst layer's relative deviation |var - 1| per architecture (median and max over seeds).
 
     nice -n 10 .venv/bin/python benchmarks/autoinit_variance.py --seeds 3 --json runs/autoinit_variance.json
+
+`--distributions normal,orthogonal,delta-orthogonal` adds a column per AutoInit weight
+distribution (each on the same model, batch and seed); the default (normal only) prints the
+original table. "AutoInit s" is the first distribution's time.
 """
 from __future__ import annotations
 
@@ -186,48 +190,68 @@ def worst(variances: dict[str, float]) -> tuple[str, float]:
     return name, variances[name] - 1
 
 
-def run(seeds: int, batch: int) -> list[dict]:
+def settings(column: str) -> dict:
+    """'orthogonal' -> distribution='orthogonal'; a '+centered' suffix adds centered=True."""
+    dist, _, extra = column.partition("+")
+    return dict(distribution=dist, centered=extra == "centered")
+
+
+def run(seeds: int, batch: int, distributions: list[str]) -> list[dict]:
     rows = []
     for arch, (build, shape) in ARCHITECTURES.items():
         per_seed = []
         for seed in range(seeds):
-            torch.manual_seed(seed)
-            model = build()
-            x = torch.randn(batch, *shape)
-            default = worst(layer_variances(model, x))
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # no unknown operation may pass silently
-                initlab.autoinit(model, x, seed=seed)
-            seconds = time.perf_counter() - start
-            auto = worst(layer_variances(model, torch.randn(batch, *shape)))
-            per_seed.append(dict(seed=seed, default=default, autoinit=auto, seconds=seconds,
+            found: dict[str, tuple[str, float]] = {}
+            seconds: dict[str, float] = {}
+            for dist in distributions:  # the same model, batch and seed for every distribution
+                torch.manual_seed(seed)
+                model = build()
+                x = torch.randn(batch, *shape)
+                default = worst(layer_variances(model, x))
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # no unknown operation may pass silently
+                    initlab.autoinit(model, x, seed=seed, **settings(dist))
+                seconds[dist] = time.perf_counter() - start
+                found[dist] = worst(layer_variances(model, torch.randn(batch, *shape)))
+            first = distributions[0]
+            per_seed.append(dict(seed=seed, default=default, autoinit=found[first],
+                                 seconds=seconds[first], by_distribution=found,
+                                 seconds_by_distribution=seconds,
                                  layers=len(layer_variances(model, x))))
         rows.append(dict(architecture=arch, runs=per_seed))
-        print(format_row(rows[-1]), flush=True)
+        print(format_row(rows[-1], distributions), flush=True)
     return rows
 
 
-def format_row(row: dict) -> str:
-    def stat(key: str) -> str:
-        devs = [abs(r[key][1]) for r in row["runs"]]
+def format_row(row: dict, distributions: list[str]) -> str:
+    def stat(devs: list[float]) -> str:
+        devs = [abs(d) for d in devs]
         return f"{100 * statistics.median(devs):.1f} % (max {100 * max(devs):.1f} %)"
     r0 = row["runs"][0]
-    return (f"| {row['architecture']} | {r0['layers']} | {stat('default')} | {stat('autoinit')} "
-            f"| {statistics.fmean(r['seconds'] for r in row['runs']):.2f} |")
+    cells = [stat([r["default"][1] for r in row["runs"]])]
+    cells += [stat([r["by_distribution"][d][1] for r in row["runs"]]) for d in distributions]
+    secs = statistics.fmean(r["seconds"] for r in row["runs"])
+    return f"| {row['architecture']} | {r0['layers']} | {' | '.join(cells)} | {secs:.2f} |"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--distributions", default="normal",
+                   help="AutoInit weight distributions, comma-separated (normal, uniform, "
+                        "orthogonal, delta-orthogonal); one column each")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
-    print("| architecture | weighted layers | default init: worst layer |var-1| | "
-          "AutoInit: worst layer |var-1| | AutoInit s |")
-    print("|---|---|---|---|---|")
-    rows = run(args.seeds, args.batch)
+    dists = args.distributions.split(",")
+    names = " | ".join(("AutoInit" if d == "normal" and len(dists) == 1 else f"AutoInit {d}")
+                       + ": worst layer |var-1|" for d in dists)
+    print(f"| architecture | weighted layers | default init: worst layer |var-1| | {names} | "
+          "AutoInit s |")
+    print("|---" * (4 + len(dists)) + "|")
+    rows = run(args.seeds, args.batch, dists)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -256,3 +256,92 @@ def test_diagnostic_hooks_and_plot(tmp_path):
     assert measured["0"] == pytest.approx(mc_moments(h.detach()), rel=1e-9)
     plot_autoinit(report, measured, tmp_path / "v.png")
     assert (tmp_path / "v.png").stat().st_size > 1000
+
+
+# -- weight distributions (autoinit_draws.py) -----------------------------------------------------
+def _blocks(w, groups):
+    """(groups, out/groups, fan_in) view of a weight."""
+    return w.detach().double().reshape(groups, w.shape[0] // groups, -1)
+
+
+@pytest.mark.parametrize("layer,shape,groups", [
+    (nn.Linear(300, 200), (300,), 1),                       # rows < fan_in: orthonormal rows
+    (nn.Linear(60, 150), (60,), 1),                         # rows > fan_in: orthonormal columns
+    (nn.Conv2d(12, 48, 3, padding=1, groups=3), (12, 8, 8), 3),
+])
+def test_orthogonal_draws_are_orthogonal_with_autoinits_mean_square(layer, shape, groups):
+    x = 1.5 * torch.randn(256, *shape) + 0.5
+    report = initlab.autoinit(layer, x, input_moments="measure", distribution="orthogonal", seed=0)
+    std = report.history[0]["weight_std"]
+    w = layer.weight.detach().double()
+    assert float(w.pow(2).mean()) == pytest.approx(std ** 2, rel=1e-5)
+    for b in _blocks(w, groups):                              # (rows, fan_in) per group
+        rows, fan = b.shape
+        gram = b @ b.T if rows <= fan else b.T @ b
+        c = std ** 2 * max(rows, fan)
+        assert torch.allclose(gram, c * torch.eye(min(rows, fan), dtype=torch.float64),
+                              atol=1e-5 * c)
+
+
+def test_square_orthogonal_layer_preserves_every_input_length():
+    layer = nn.Linear(64, 64, bias=False).double()
+    initlab.autoinit(layer, torch.randn(8, 64, dtype=torch.float64), distribution="orthogonal",
+                     signal_variance=2.0, seed=1)
+    x = torch.randn(50, 64, dtype=torch.float64) * torch.linspace(0.1, 5, 50)[:, None]
+    ratio = layer(x).detach().pow(2).sum(1) / x.pow(2).sum(1)
+    assert torch.allclose(ratio, torch.full_like(ratio, 2.0), rtol=1e-6)   # sigma^2 / E[x^2]
+
+
+def test_delta_orthogonal_conv_reads_the_centre_tap_only():
+    # 6x6 maps, 3x3 kernel: spread over all taps 21 % of the reads would be zero padding; the
+    # centre tap never reads padding, and the prediction must say so
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    x = 1.5 * torch.randn(1024, 16, 6, 6) + 0.5
+    report = initlab.autoinit(conv, x, input_moments="measure", distribution="delta-orthogonal",
+                              signal_variance=4.0, seed=0)
+    w = conv.weight.detach().double()
+    centre = w[:, :, 1, 1]
+    assert torch.count_nonzero(w) == torch.count_nonzero(centre) == 16 * 16
+    c = float(centre[0] @ centre[0])
+    assert torch.allclose(centre @ centre.T, c * torch.eye(16, dtype=torch.float64), atol=1e-5 * c)
+    assert float(w.pow(2).mean()) == pytest.approx(report.history[0]["weight_std"] ** 2, rel=1e-5)
+    with torch.no_grad():
+        y = conv(x)
+    assert float(y.var()) == pytest.approx(report.history[0]["output_var"], rel=0.03)
+    assert float(y.var()) == pytest.approx(4.0, rel=0.1)
+
+
+@pytest.mark.parametrize("distribution", ["normal", "orthogonal", "delta-orthogonal"])
+def test_centered_rows_sum_to_zero_and_hit_the_variance(distribution):
+    conv = nn.Conv2d(8, 24, 3)
+    x = 1.5 * torch.randn(512, 8, 9, 9) + 2.0               # a large common mean
+    report = initlab.autoinit(conv, x, input_moments="measure", distribution=distribution,
+                              centered=True, seed=0)
+    sums = conv.weight.detach().double().flatten(1).sum(1)
+    assert float(sums.abs().max()) < 1e-5 * float(conv.weight.detach().abs().max())
+    with torch.no_grad():
+        y = conv(x).double()
+    assert float(y.mean((0, 2, 3)).abs().max()) < 0.1       # no unit inherits the input mean
+    # scaled from the drawn values to exactly 1 (the recorded figure adds the per-sample spread)
+    assert report.history[0]["output_var"] == pytest.approx(1.0, rel=0.01)
+    assert float(y.var()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_deep_gelu_mlp_within_target_with_orthogonal_centered_weights():
+    torch.manual_seed(0)
+    layers = [m for i in range(12) for m in (nn.Linear(32 if i == 0 else 256, 256), nn.GELU())]
+    model = nn.Sequential(*layers)
+    initlab.autoinit(model, torch.randn(64, 32), distribution="orthogonal", centered=True, seed=0)
+    for name, (_, v) in layer_moments(model, torch.randn(512, 32)).items():
+        assert v == pytest.approx(1.0, rel=0.25), name
+
+
+def test_bad_distribution_settings_say_what_to_do_and_change_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 2))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="odd kernel") as info:
+        initlab.autoinit(model, torch.randn(4, 3, 8, 8), distribution="delta-orthogonal")
+    assert "'orthogonal'" in str(info.value) and "2.0" not in str(info.value)
+    assert_same(model, before)
+    with pytest.raises(ValueError, match="delta-orthogonal"):
+        initlab.autoinit(model, torch.randn(4, 3, 8, 8), distribution="cauchy")

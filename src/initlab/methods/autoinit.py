@@ -17,6 +17,9 @@ formulas), and why:
   out right (see `autoinit_maps.py`); zero padding of convolutions is counted.
 - Downstream statistics use the weights actually drawn, not their expectation, so a layer
   corrects the sampling error of the layers before it.
+- Besides the paper's i.i.d. normal (default) and uniform weights, `distribution="orthogonal"`
+  / `"delta-orthogonal"` and `centered=True` draw weights whose realized gain fluctuates less
+  (`autoinit_draws.py`; measured in RESULTS.md).
 - Statistics follow the model's current mode: dropout and batch statistics as in training
   when the model is in `train()` mode (PyTorch's default for a new model).
 Unknown operations pass the statistics of their first input through, with a warning naming
@@ -41,6 +44,7 @@ from ..registry import register
 from ..version import __version__
 from . import autoinit_layers, autoinit_ops, autoinit_pooling  # noqa: F401  (register maps)
 from ._common import Staged, generator, integer, note_unchanged, positive, require
+from .autoinit_draws import DISTRIBUTIONS, draw
 from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map, moments
 
 log = logging.getLogger(__name__)
@@ -53,16 +57,18 @@ class AutoInitConfig:
     signal_variance: float = 1.0          # sigma^2: every weighted layer's output variance
     input_moments: Any = "standard"       # "standard": (0, 1); "measure": from example_input;
     #                                       or (mean, variance)
-    distribution: str = "normal"          # weights drawn "normal" or "uniform" (same variance)
+    distribution: str = "normal"          # "normal" (the paper's), "uniform", "orthogonal" or
+    #                                       "delta-orthogonal": same mean square; see autoinit_draws
     leaf_modules: Sequence[LeafSpec] = ()  # module types / names not traced into
     quadrature_points: int = 128          # Gauss-Hermite nodes for elementwise functions
     mc_samples: int = 4096                # Monte Carlo draws (per sample) for pooling, softmax
     seed: Optional[int] = None            # weight draws and Monte Carlo; None: torch's generator
+    centered: bool = False                # each unit's weights sum to 0 (no input mean passed on)
 
     def validate(self) -> None:
         positive("signal_variance", self.signal_variance)
-        require(self.distribution in ("normal", "uniform"),
-                f"distribution must be 'normal' or 'uniform', got {self.distribution!r}")
+        require(self.distribution in DISTRIBUTIONS, f"distribution must be one of "
+                f"{', '.join(map(repr, DISTRIBUTIONS))}, got {self.distribution!r}")
         ok = self.input_moments in ("standard", "measure") or (
             isinstance(self.input_moments, (tuple, list)) and len(self.input_moments) == 2
             and float(self.input_moments[1]) > 0)
@@ -98,16 +104,11 @@ class _Layers:
     def value(self, p: torch.Tensor) -> torch.Tensor:
         return self.staged.get(p)
 
-    def _draw(self, like: torch.Tensor, std: float) -> torch.Tensor:
-        if self.cfg.distribution == "normal":
-            w = torch.randn(like.shape, generator=self.gen, dtype=torch.float64) * std
-        else:  # U(-a, a) has variance a^2 / 3
-            w = (torch.rand(like.shape, generator=self.gen, dtype=torch.float64) * 2 - 1)
-            w *= std * math.sqrt(3)
-        return w
+    def _draw(self, like: torch.Tensor, std: float, groups: int = 1) -> torch.Tensor:
+        return draw(self.cfg.distribution, like.shape, std, groups, self.gen, self.cfg.centered)
 
     def weight(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
-               x: Moments) -> torch.Tensor:
+               x: Moments, groups: int = 1) -> torch.Tensor:
         if id(weight) in self.done or not weight.requires_grad:
             return self.value(weight)
         mean, var = x.pooled()
@@ -119,13 +120,30 @@ class _Layers:
                              "negative constant)?")
         fan_in = weight.shape[1] * math.prod(weight.shape[2:])   # grouped: in/groups * taps
         std = math.sqrt(self.cfg.signal_variance / (fan_in * second))
-        w = self._draw(weight, std)
+        try:
+            w = self._draw(weight, std, groups)
+        except ValueError as e:
+            raise ValueError(f"layer '{name}': {e}") from e
         self.staged.set(weight, w)
         self.staged.zero(bias)
         self.done.add(id(weight))
         self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
                                  weight_std=std))
         return w
+
+    def rescale(self, name: str, weight: torch.Tensor, y: Moments) -> Moments:
+        """With `centered`: scale a weight just drawn so that its predicted output variance,
+        computed from the drawn values, is exactly sigma^2 (its bias is 0: y scales along)."""
+        h = self.history[-1] if self.history else None
+        if not self.cfg.centered or h is None or h["layer"] != name or "output_var" in h:
+            return y
+        _, var = y.pooled()
+        if not var > 0:
+            return y
+        f = self.cfg.signal_variance / var
+        self.staged.set(weight, self.value(weight) * math.sqrt(f))
+        h["weight_std"] *= math.sqrt(f)
+        return moments(y.mean * math.sqrt(f), y.var * f, y.shared * f)
 
     def output(self, name: str, y: Moments) -> Moments:
         """Note the predicted output of a layer just initialized (first call only)."""

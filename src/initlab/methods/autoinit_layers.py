@@ -45,12 +45,14 @@ def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor
     return moments(mean, x.local * s2 + x.shared * sk + spread, x.shared * sk + spread)
 
 
-def _taps(size: int, k: int, stride: int, pad: int, dilation: int) -> torch.Tensor:
-    """(out, size) 0/1 matrix: which input positions each output position's taps land on."""
+def _taps(size: int, k: int, stride: int, pad: int, dilation: int,
+          only: Optional[int] = None) -> torch.Tensor:
+    """(out, size) 0/1 matrix: which input positions each output position's taps land on
+    (`only`: just that tap)."""
     out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     a = torch.zeros(max(out, 1), size, dtype=torch.float64)
     for o in range(out):
-        for j in range(k):
+        for j in range(k) if only is None else (only,):
             i = o * stride - pad + j * dilation
             if 0 <= i < size:
                 a[o, i] += 1
@@ -82,20 +84,22 @@ def conv_fraction(ctx: MapContext, m: Any) -> float:
     Near borders some taps read zeros, and across a stack of convs the second moment takes a
     profile over positions (lower near the borders). The profile is tracked per spatial dim
     (`ctx.layers.profiles`): out = taps @ profile, so a deep stack converges to the dominant
-    eigenvector instead of losing the border fraction again at every layer."""
+    eigenvector instead of losing the border fraction again at every layer. A delta-orthogonal
+    weight reads its centre tap only (`autoinit_draws.py`)."""
     shape = ctx.shape(ctx.raw_args[0])
     if m.padding_mode != "zeros" or shape is None:
         return 1.0
     sizes = shape[-len(m.kernel_size):]
     before = ctx.layers.profiles.get(_profile_source(ctx, ctx.raw_args[0]).name)
+    centre = ctx.layers.cfg.distribution == "delta-orthogonal"
     frac, after = 1.0, []
     for i, size in enumerate(sizes):
         k, d = m.kernel_size[i], m.dilation[i]
         p = 0 if m.padding == "valid" else d * (k - 1) // 2 if m.padding == "same" else m.padding[i]
         prof = before[i] if before is not None and len(before[i]) == size else \
             torch.ones(size, dtype=torch.float64)
-        reach = _taps(size, k, m.stride[i], p, d) @ prof                 # (out,)
-        frac *= float(reach.mean()) / k
+        reach = _taps(size, k, m.stride[i], p, d, k // 2 if centre else None) @ prof  # (out,)
+        frac *= float(reach.mean()) / (1 if centre else k)
         after.append(reach / reach.mean().clamp_min(1e-300))
     ctx.layers.profiles[ctx.node.name] = after
     return frac
@@ -106,9 +110,11 @@ def weighted_layer(ctx: MapContext) -> Moments:
     x = ctx.first()
     if isinstance(m, nn.modules.conv._ConvNd):
         x = padded(x, conv_fraction(ctx, m))
-    w = ctx.layers.weight(str(ctx.node.target), m.weight, m.bias, x)
+    name = str(ctx.node.target)
+    w = ctx.layers.weight(name, m.weight, m.bias, x, getattr(m, "groups", 1))
     y = linear_moments(x, w, None if m.bias is None else ctx.layers.value(m.bias))
-    return ctx.layers.output(str(ctx.node.target), sample_scales(ctx, x, y))
+    y = ctx.layers.rescale(name, m.weight, y)
+    return ctx.layers.output(name, sample_scales(ctx, x, y))
 
 
 def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
@@ -152,8 +158,10 @@ def functional_layer(ctx: MapContext) -> Moments:
     if ctx.node.target is not F.linear:
         x = padded(x, conv_fraction(ctx, _ConvArgs(weight, ctx)))
     name = str(raw_w.target).rpartition(".")[0]
-    w = ctx.layers.weight(name, weight, bias, x)
+    groups = 1 if ctx.node.target is F.linear else int(ctx.arg(6, "groups", 1))
+    w = ctx.layers.weight(name, weight, bias, x, groups)
     y = linear_moments(x, w, None if bias is None else ctx.layers.value(bias))
+    y = ctx.layers.rescale(name, weight, y)
     return ctx.layers.output(name, sample_scales(ctx, x, y))
 
 
