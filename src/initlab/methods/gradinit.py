@@ -21,6 +21,7 @@ Where initlab departs from the authors' code, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from ..registry import register
 from ..version import __version__
 from ._common import note_unchanged
 from .gradinit_batches import GradInitBatches
+from .gradinit_shortcut import Shortcut, Tape, scale_vjp
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class GradInitConfig:
     eps: float = 1e-8
     overlap: bool = True           # S~ = B0 u B2 (shares half of S); False: S~ = B3 u B2
     second_order: bool = False     # differentiate the objective through A[g] (sgd target)
+    fast_constraint: bool = True   # constraint steps: Linear/Conv through their outputs (same
+                                   # gradient, fewer convolutions; gradinit_shortcut.py)
     batching: str = "auto"         # "concat": S = B0 u B1; "split": thirds of one batch; "auto"
 
     def validate(self) -> None:
@@ -109,6 +113,7 @@ class GradInitSearch:
         self.w0 = [s.param.detach() for s in specs]
         wide = any(w.dtype == torch.float64 for w in self.w0)
         self.acc = torch.float64 if wide else torch.float32  # norms and scale leaves
+        self.shortcut = Shortcut(model, specs) if cfg.fast_constraint else None
         self.iteration = 0
         self.is_main, self.replaced = True, False  # one process: no ranks to share with
 
@@ -128,9 +133,21 @@ class GradInitSearch:
             ps = torch._foreach_mul(self.w0, alpha.tolist())
         return [p.requires_grad_() for p in ps]
 
-    def alpha_leaf(self, alpha: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def graph_pass(self, alpha: torch.Tensor, S: Any) -> tuple[torch.Tensor, list, Tape, torch.Tensor]:
+        """The loss on S as a function of an alpha leaf `a`, for a double backward: p_i = a_i w_i,
+        or, for Linear/Conv weights, a plain leaf whose layer records on a tape (gradinit_shortcut)."""
         a = alpha.to(self.acc).requires_grad_()  # alpha itself when float64: pass a copy
-        return a, [w * a_i for w, a_i in zip(self.w0, a.unbind())]
+        use = self.shortcut is not None and not self.cfg.second_order
+        fast = self.shortcut.usable(alpha) if use else []
+        ps = [(w * a_i.detach()).requires_grad_() if i in fast else w * a_i  # same values
+              for i, (w, a_i) in enumerate(zip(self.w0, a.unbind()))]
+        recording = self.shortcut.recording(fast) if fast else contextlib.nullcontext(Tape())
+        with double_backward_attention(), recording as tape:
+            loss = self.loss(ps, S, "loss on S")
+        if fast and not self.shortcut.checked and self.shortcut.check(
+                loss, {i: ps[i] for i in fast}, tape):
+            return self.graph_pass(alpha, S)  # again, without the tensors that failed the check
+        return a, ps, tape, loss
 
     def loss(self, tensors: list[torch.Tensor], batch: Any, what: str) -> torch.Tensor:
         where = f"iteration {self.iteration}, {what}"
@@ -167,20 +184,34 @@ class GradInitSearch:
     def first_pass(self, alpha: torch.Tensor, S: Any, graph: bool):
         """Loss on S and its gradient; with `graph`, as functions of the alpha leaf."""
         if graph:
-            a, ps = self.alpha_leaf(alpha)
-            with double_backward_attention():
-                loss = self.loss(ps, S, "loss on S")
+            a, ps, tape, loss = self.graph_pass(alpha, S)
         else:
-            a, ps = None, self.leaves(alpha)
+            a, ps, tape = None, self.leaves(alpha), Tape()
             loss = self.loss(ps, S, "loss on S")
         gs, used = self.grad(loss, ps, create_graph=graph)
-        gnorm = self.norm(gs, graph)
-        return dict(a=a, ps=ps, loss=loss, gs=gs, used=used, gnorm=gnorm)
+        gnorm = self.norm(gs, graph and self.cfg.second_order)  # differentiated only there
+        return dict(a=a, ps=ps, tape=tape, loss=loss, gs=gs, used=used, gnorm=gnorm)
 
     def constraint_grad(self, first: dict) -> torch.Tensor:
-        """d N(g) / d alpha, by double backward (needs `first_pass(..., graph=True)`)."""
-        (da,) = torch.autograd.grad(first["gnorm"], first["a"])
-        return da.to(torch.float64)
+        """d N(g) / d alpha = J^T v with v = dN/dg (needs `first_pass(..., graph=True)`)."""
+        gnorm = first["gnorm"].detach()
+        v = [g.detach().sign() if self.cfg.target == "adam" else g.detach() / gnorm.to(g.dtype)
+             for g in first["gs"]]
+        return self.vjp(first, v)
+
+    def vjp(self, first: dict, v: list[torch.Tensor]) -> torch.Tensor:
+        """J^T v = d<g(alpha), v>/dalpha for this process's g, by double backward."""
+        local = first.get("local", first["gs"])  # distributed: this rank's g (gs: the mean)
+        pairs = [(g, x) for g, x in zip(local, v) if g.requires_grad]
+        if not pairs:
+            return torch.zeros(len(self.w0), dtype=torch.float64)
+        tape = first["tape"]  # Linear/Conv weights: through their recorded Z and gX
+        recorded = [t for _, t in tape.outputs + tape.input_grads]
+        da, *rest = torch.autograd.grad([g for g, _ in pairs], [first["a"], *recorded],
+                                        [x for _, x in pairs], allow_unused=True)
+        da = torch.zeros(len(self.w0), dtype=torch.float64) if da is None else da.to(torch.float64)
+        scale_vjp(tape, rest, first["a"].detach().to(torch.float64), da)
+        return da
 
     def objective_grad(self, first: dict, S_tilde: Any) -> tuple[torch.Tensor, torch.Tensor, list]:
         """d J / d alpha with J = L(S~; p - lr A[g]) / lr; returns (grad, loss after, used)."""

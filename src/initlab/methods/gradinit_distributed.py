@@ -77,21 +77,6 @@ class DistributedGradInitSearch(GradInitSearch):
     def guarded(self, fn: Callable[[], Any], where: str) -> Any:
         return self.ranks.guarded(fn, where)
 
-    def _vjp(self, first: dict, v: list[torch.Tensor]) -> torch.Tensor:
-        """J_r^T v = d<g_r(alpha), v>/dalpha for this rank's g_r (needs the graph of g_r)."""
-        pairs = [(g, x) for g, x in zip(first["local"], v) if g.requires_grad]
-        if not pairs:
-            return torch.zeros(len(self.w0), dtype=torch.float64)
-        (da,) = torch.autograd.grad([g for g, _ in pairs], first["a"], [x for _, x in pairs],
-                                    retain_graph=True)
-        return da.to(torch.float64)
-
-    def constraint_grad(self, first: dict) -> torch.Tensor:
-        """This rank's share of dN(G)/dalpha (the caller averages it over the ranks)."""
-        G, gnorm = first["gs"], first["gnorm"]
-        v = [g.sign() for g in G] if self.cfg.target == "adam" else [g / gnorm.to(g.dtype) for g in G]
-        return self._vjp(first, v)
-
     def objective_grad(self, first: dict, S_tilde: Any) -> tuple[torch.Tensor, torch.Tensor, list]:
         """First order: the one-process code with the shared G in place of g. Second order:
         the chain rule through G, whose gradient u needs one more average."""
@@ -113,4 +98,4 @@ class DistributedGradInitSearch(GradInitSearch):
         u = self.ranks.average(None if out is None else out[2], G, error,
                                f"iteration {self.iteration}, second-order step")
         direct, after, _ = out  # type: ignore[misc]
-        return direct + self._vjp(first, u), after, first["used"]
+        return direct + self.vjp(first, u), after, first["used"]
