@@ -42,7 +42,12 @@ from ..core.params import trainable_params
 from ..core.report import InitReport, mark_applied
 from ..registry import register
 from ..version import __version__
-from . import autoinit_layers, autoinit_ops, autoinit_pooling  # noqa: F401  (register maps)
+from . import (  # noqa: F401  (register maps)
+    autoinit_attention,
+    autoinit_layers,
+    autoinit_ops,
+    autoinit_pooling,
+)
 from ._common import Staged, generator, integer, note_unchanged, positive, require
 from .autoinit_draws import DISTRIBUTIONS, draw
 from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map, moments
@@ -107,10 +112,9 @@ class _Layers:
     def _draw(self, like: torch.Tensor, std: float, groups: int = 1) -> torch.Tensor:
         return draw(self.cfg.distribution, like.shape, std, groups, self.gen, self.cfg.centered)
 
-    def weight(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
-               x: Moments, groups: int = 1) -> torch.Tensor:
-        if id(weight) in self.done or not weight.requires_grad:
-            return self.value(weight)
+    def fresh(self, name: str, like: torch.Tensor, x: Moments, groups: int = 1) -> torch.Tensor:
+        """A new weight shaped like `like` for input statistics `x` (not staged), noted in the
+        history. `like` may be a block of a packed parameter (attention's in_proj_weight)."""
         mean, var = x.pooled()
         second = float(x.second.mean())                          # E[x^2] over all samples
         if not second > 0:
@@ -118,17 +122,24 @@ class _Layers:
                              f"(mean {mean:.3g}, variance {var:.3g}); AutoInit cannot scale "
                              "its weights. Is a layer before it dead (e.g. a ReLU of a "
                              "negative constant)?")
-        fan_in = weight.shape[1] * math.prod(weight.shape[2:])   # grouped: in/groups * taps
+        fan_in = like.shape[1] * math.prod(like.shape[2:])       # grouped: in/groups * taps
         std = math.sqrt(self.cfg.signal_variance / (fan_in * second))
         try:
-            w = self._draw(weight, std, groups)
+            w = self._draw(like, std, groups)
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from e
+        self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
+                                 weight_std=std))
+        return w
+
+    def weight(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               x: Moments, groups: int = 1) -> torch.Tensor:
+        if id(weight) in self.done or not weight.requires_grad:
+            return self.value(weight)
+        w = self.fresh(name, weight, x, groups)
         self.staged.set(weight, w)
         self.staged.zero(bias)
         self.done.add(id(weight))
-        self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
-                                 weight_std=std))
         return w
 
     def rescale(self, name: str, weight: torch.Tensor, y: Moments) -> Moments:

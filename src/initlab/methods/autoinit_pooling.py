@@ -71,10 +71,14 @@ def softmax(ctx: MapContext) -> Moments:
 
 
 def _softmax_mc(ctx: MapContext, mean: torch.Tensor, var: torch.Tensor, t: int,
-                log: bool = False) -> Moments:
-    """Softmax over t i.i.d. N(mean, var) logits, per sample, by Monte Carlo."""
+                log: bool = False, dof: int = 0) -> Moments:
+    """Softmax over t i.i.d. N(mean, var) logits, per sample, by Monte Carlo. `dof` > 0: each
+    row's variance is var * chi^2_dof / dof (a query's squared length over its dof entries)."""
     mu, sd = mean.reshape(-1, 1, 1), var.sqrt().reshape(-1, 1, 1)
-    z = ctx.normal(max(16, ctx.mc_samples // t), t) * sd + mu      # (S, R, t)
+    rows = max(16, ctx.mc_samples // t)
+    z = ctx.normal(rows, t) * sd + mu                               # (S, R, t)
+    if dof > 0:
+        z = mu + (z - mu) * (ctx.normal(rows, dof).pow(2).mean(1, keepdim=True)).sqrt()
     y = torch.log_softmax(z, -1) if log else torch.softmax(z, -1)
     shape = torch.broadcast_shapes(mean.shape, var.shape)
     return moments(y.mean((1, 2)).reshape(shape), y.var((1, 2)).reshape(shape), 0.0)
@@ -93,19 +97,29 @@ def matmul(ctx: MapContext) -> Moments:
 
 
 def attention(ctx: MapContext) -> Moments:
-    """F.scaled_dot_product_attention by composition. Along the keys, only the parts of the
-    scores q_i . k_j that vary with j matter (softmax is shift-invariant): variance
-    d * E[q^2] * local(k) * scale^2. The weights a_ij (sum 1, by Monte Carlo) average the values:
-    their shared part passes whole, the local part shrinks by E[sum_j a_ij^2], and the values'
-    mean over keys (local / t) is common to all queries. Masks are ignored."""
+    """F.scaled_dot_product_attention by composition (`attention_moments`). Masks are ignored."""
     q, k, v = ctx.args[:3]
     d, t = ctx.shape(ctx.raw_args[0])[-1], ctx.shape(ctx.raw_args[1])[-2]
-    scale = ctx.kwargs.get("scale") or 1 / math.sqrt(d)
-    a = _softmax_mc(ctx, torch.zeros_like(k.local), d * q.second * k.local * scale ** 2, t)
-    concentration = t * a.second                                     # E[sum_j a_ij^2]
+    return attention_moments(ctx, q, k, v, d, t, ctx.kwargs.get("scale") or 1 / math.sqrt(d))
+
+
+def attention_moments(ctx: MapContext, q: Moments, k: Moments, v: Moments, d: int, t: int,
+                      scale: float, dropout: float = 0.0) -> Moments:
+    """Attention of head size d over t keys. Along the keys, only the parts of the scores
+    q_i . k_j that vary with j matter (softmax is shift-invariant): variance
+    d * E[q^2] * local(k) * scale^2, times chi^2_d / d per query. The weights a_ij (sum 1, by
+    Monte Carlo) average the values: their shared part passes whole, the local part shrinks by
+    c = E[sum_j a_ij^2], and the values' mean over keys (local / t) is common to all queries.
+    Inverted dropout p on the weights: sum_j a'_ij has second moment 1 + c p / (1 - p) and
+    sum_j a'_ij^2 mean c / (1 - p)."""
+    # a query's squared length over its d entries varies (chi^2_d / d): more concentrated rows
+    a = _softmax_mc(ctx, torch.zeros_like(k.local), d * q.second * k.local * scale ** 2, t,
+                    dof=d)
+    c = t * a.second                                                 # E[sum_j a_ij^2]
+    keep = 1.0 - dropout
+    second = (1 + c * dropout / keep) * (v.mean ** 2 + v.shared) + c / keep * v.local
     # every query averages the same values: their mean over the keys is shared by all queries
-    shared = v.shared + v.local / t
-    return moments(v.mean, v.shared + v.local * concentration, shared)
+    return moments(v.mean, second - v.mean ** 2, v.shared + v.local / t)
 
 
 def pad(ctx: MapContext) -> Moments:
