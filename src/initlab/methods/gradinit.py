@@ -16,6 +16,9 @@ Where initlab departs from the authors' code, and why:
   end. The authors rescale weights in place; the two agree to ~1e-7 per step.
 - The double-backward graph is built only when the branch needs it. The branch is predicted from
   the previous iteration and, on a wrong guess, the first pass is redone with the graph.
+- A constraint step reaches Linear/Conv weights' scales through the layers' recorded outputs and
+  input gradients instead of weight gradients (`gradinit_shortcut.py`): same gradient, 7
+  convolutions per layer instead of 9.
 - Any nn.Module, loss and batch structure; the target step and gradient norm cover every
   trainable tensor, while scales go to the selected ones (the authors' code scales all).
 """
