@@ -7,6 +7,8 @@ For each model, one run measures the median wall time of:
   objective    initlab's objective iteration: first gradient without the double-backward graph,
                look-ahead step, second forward/backward, scale update (|S| = |S~| = 64)
   constraint   initlab's constraint iteration: forward, backward with graph, double backward
+               (Linear/Conv weights through the shortcut of methods/gradinit_shortcut.py)
+  plain-con    the same without the shortcut (fast_constraint=False): every weight as p = a * w
   authors-obj  an objective iteration that always builds the graph, as the authors' code does
                (also what initlab pays when it wrongly predicts a constraint step)
   authors-con  a constraint iteration the authors' way: graph on the model's own parameters,
@@ -91,6 +93,8 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
     cfg = GradInitConfig(target=target, lr=0.1 if target == "sgd" else 1e-3)
     specs = trainable_params(model)
     search = GradInitSearch(model, specs, loss_fn, cfg)
+    plain = GradInitSearch(model, specs, loss_fn, GradInitConfig(
+        target=target, lr=cfg.lr, fast_constraint=False))
     floors, caps = caps_and_floors([s.is_bias for s in specs], [False] * len(specs), 0.01, None, None)
     scales = ScaleAdam(len(specs), 1e-3, floors, caps)
     active = torch.ones(len(specs), dtype=torch.bool)
@@ -101,7 +105,7 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
         da, _, _ = search.objective_grad(first, S_tilde)
         scales.step(da, active, constraint=False)
 
-    def constraint():
+    def constraint(search=search):
         first = search.first_pass(scales.alpha, S, graph=True)
         first["gnorm"].item()
         scales.step(search.constraint_grad(first), active, constraint=True)
@@ -117,7 +121,7 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
             p.grad = None
 
     steps = dict(train=train, objective=objective, constraint=constraint,
-                 **{"authors-obj": lambda: objective(graph=True), "authors-con": authors_constraint})
+                 **{"plain-con": lambda: constraint(plain), "authors-obj": lambda: objective(graph=True), "authors-con": authors_constraint})
     if kinds is None or any(k.startswith("pypi") for k in kinds):
         steps.update(pypi_steps(name, device))
     return {k: v for k, v in steps.items() if kinds is None or k in kinds}
@@ -224,8 +228,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--models", default="resnet56,transformer")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory-measuring children
     torch.set_flush_denormal(True)
     results = {}
     for name in args.models.split(","):

@@ -46,7 +46,7 @@ from ..registry import register
 from ..version import __version__
 from ._common import note_unchanged
 from .gradinit_batches import GradInitBatches
-from .gradinit_shortcut import Shortcut, Tape, scale_vjp
+from .gradinit_shortcut import Shortcut
 
 log = logging.getLogger(__name__)
 
@@ -136,21 +136,21 @@ class GradInitSearch:
             ps = torch._foreach_mul(self.w0, alpha.tolist())
         return [p.requires_grad_() for p in ps]
 
-    def graph_pass(self, alpha: torch.Tensor, S: Any) -> tuple[torch.Tensor, list, Tape, torch.Tensor]:
+    def graph_pass(self, alpha: torch.Tensor, S: Any) -> tuple[torch.Tensor, list, list[int], torch.Tensor]:
         """The loss on S as a function of an alpha leaf `a`, for a double backward: p_i = a_i w_i,
-        or, for Linear/Conv weights, a plain leaf whose layer records on a tape (gradinit_shortcut)."""
-        a = alpha.to(self.acc).requires_grad_()  # alpha itself when float64: pass a copy
+        or, for Linear/Conv weights, a plain leaf and a_i fed to the layer (gradinit_shortcut)."""
+        a = alpha.to(self.w0[0].device, self.acc).requires_grad_()  # a copy, even of float64
         use = self.shortcut is not None and not self.cfg.second_order
         fast = self.shortcut.usable(alpha) if use else []
         ps = [(w * a_i.detach()).requires_grad_() if i in fast else w * a_i  # same values
               for i, (w, a_i) in enumerate(zip(self.w0, a.unbind()))]
-        recording = self.shortcut.recording(fast) if fast else contextlib.nullcontext(Tape())
-        with double_backward_attention(), recording as tape:
+        running = self.shortcut.running(a, fast) if fast else contextlib.nullcontext()
+        with double_backward_attention(), running as calls:
             loss = self.loss(ps, S, "loss on S")
         if fast and not self.shortcut.checked and self.shortcut.check(
-                loss, {i: ps[i] for i in fast}, tape):
+                loss, {i: ps[i] for i in fast}, calls):
             return self.graph_pass(alpha, S)  # again, without the tensors that failed the check
-        return a, ps, tape, loss
+        return a, ps, fast, loss
 
     def loss(self, tensors: list[torch.Tensor], batch: Any, what: str) -> torch.Tensor:
         where = f"iteration {self.iteration}, {what}"
@@ -187,13 +187,13 @@ class GradInitSearch:
     def first_pass(self, alpha: torch.Tensor, S: Any, graph: bool):
         """Loss on S and its gradient; with `graph`, as functions of the alpha leaf."""
         if graph:
-            a, ps, tape, loss = self.graph_pass(alpha, S)
+            a, ps, fast, loss = self.graph_pass(alpha, S)
         else:
-            a, ps, tape = None, self.leaves(alpha), Tape()
+            a, ps, fast = None, self.leaves(alpha), []
             loss = self.loss(ps, S, "loss on S")
         gs, used = self.grad(loss, ps, create_graph=graph)
         gnorm = self.norm(gs, graph and self.cfg.second_order)  # differentiated only there
-        return dict(a=a, ps=ps, tape=tape, loss=loss, gs=gs, used=used, gnorm=gnorm)
+        return dict(a=a, ps=ps, fast=fast, loss=loss, gs=gs, used=used, gnorm=gnorm)
 
     def constraint_grad(self, first: dict) -> torch.Tensor:
         """d N(g) / d alpha = J^T v with v = dN/dg (needs `first_pass(..., graph=True)`)."""
@@ -208,13 +208,8 @@ class GradInitSearch:
         pairs = [(g, x) for g, x in zip(local, v) if g.requires_grad]
         if not pairs:
             return torch.zeros(len(self.w0), dtype=torch.float64)
-        tape = first["tape"]  # Linear/Conv weights: through their recorded Z and gX
-        recorded = [t for _, t in tape.outputs + tape.input_grads]
-        da, *rest = torch.autograd.grad([g for g, _ in pairs], [first["a"], *recorded],
-                                        [x for _, x in pairs], allow_unused=True)
-        da = torch.zeros(len(self.w0), dtype=torch.float64) if da is None else da.to(torch.float64)
-        scale_vjp(tape, rest, first["a"].detach().to(torch.float64), da)
-        return da
+        (da,) = torch.autograd.grad([g for g, _ in pairs], first["a"], [x for _, x in pairs])
+        return da.to(torch.float64)
 
     def objective_grad(self, first: dict, S_tilde: Any) -> tuple[torch.Tensor, torch.Tensor, list]:
         """d J / d alpha with J = L(S~; p - lr A[g]) / lr; returns (grad, loss after, used)."""
@@ -265,7 +260,7 @@ def _iteration(search: GradInitSearch, batches: GradInitBatches, opt: ScaleAdam,
     def first_pass(graph: bool) -> dict:
         if not S:
             S.append(batches.S())
-        return search.first_pass(opt.alpha.clone(), S[0], graph=graph)  # see alpha_leaf
+        return search.first_pass(opt.alpha.clone(), S[0], graph=graph)  # see graph_pass
 
     first = search.share_first(lambda: first_pass(graph), f"iteration {t}, loss on S")
     gnorm = first["gnorm"].item()

@@ -7,20 +7,21 @@ block with w_i. For a convolution that is 9 convolutions per layer (forward 1, b
 backward 6: the double backward of PyTorch's convolution backward computes every gradient it
 can, needed or not); a training step has 3.
 
-For a layer that is bilinear in (input, weight), Z = f(X, W) (Linear, Conv1d/2d/3d, bias added
-after), W_i enters the forward-and-backward graph in exactly two places: the forward Z = f(X, W)
-and the backward's input gradient gX = f^T(gZ, W) (the weight gradient g_i = f_W(X, gZ) does not
-read W). Both are linear in W, so the reduction with w_i = W_i / alpha_i needs no weight gradient:
+A layer that is bilinear in (input, weight), Z = f(X, W) (Linear, Conv1d/2d/3d; bias added
+after), reads W_i in exactly two places of the forward-and-backward graph: the forward
+Z = f(X, W) and the input gradient gX = f^T(gZ, W) (the weight gradient g_i = f_W(X, gZ) does not
+read W). Both are linear in W = alpha_i w_i, so dZ/dalpha_i = Z / alpha_i and
+dgX/dalpha_i = gX / alpha_i, and with the adjoint identities:
 
-    (J^T v)_i = ( <d<g, v>/dZ, Z> + <d<g, v>/dgX, gX> ) / alpha_i,
+    (J^T v)_i = ( <dZ', X> + <dgZ', gZ> ) / alpha_i,
+    dZ' = f^T(d<g,v>/dZ, W)  (the input gradient the double backward computes anyway),
+    dgZ' = f(d<g,v>/dgX, W)  (the gradient it passes back to gZ anyway),
 
-summed over the layer's calls. The search runs these modules through `_Conv` / `_Linear`, which
-record Z (forward) and gX (first backward) on a `Tape`; the double backward is then asked for
-the gradients with respect to those recorded tensors (and alpha, for the other tensors), never
-for p_i. Their backward takes gX from the *detached* weight (a forward op whose own backward
-computes only what is needed) and the weight gradient only while grad mode is on (the first
-backward, taken with create_graph, not the double backward): 7 convolutions per layer instead of 9.
-The tape holds one extra activation per layer until the step ends.
+with X and gZ tensors the graph already holds. So these layers run as `_Forward`, whose backward
+builds gX through `_InputGrad`; both take alpha_i as an input and, in the double backward, return
+exactly these terms as its gradient, while p_i is a plain leaf with no path to alpha. The double
+backward then computes no weight gradient and holds no extra tensor: 7 convolutions per layer
+instead of 9 (8 for a layer whose input needs no gradient, e.g. the first).
 
 It is used only where it is exact: the tensor is the `weight` of modules of exactly these types
 (no subclass, no parametrization, no instance-level forward; convolutions with zero padding given
@@ -34,7 +35,6 @@ import contextlib
 import logging
 import types
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -48,13 +48,6 @@ log = logging.getLogger("initlab.methods.gradinit")
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@dataclass
-class Tape:
-    """What the shortcut layers recorded in one pass: (tensor index, Z) and (tensor index, gX)."""
-    outputs: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    input_grads: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-
-
 def _eligible(module: nn.Module) -> bool:
     if "forward" in vars(module):  # a forward set on the instance: not the standard one
         return False
@@ -64,78 +57,96 @@ def _eligible(module: nn.Module) -> bool:
             and not isinstance(module.padding, str))
 
 
-class _Linear(torch.autograd.Function):
-    """x @ w.T (no bias); records gX on the tape during the first backward."""
+class BilinearMap:
+    """Z = f(X, W) of a Linear or (batched) Conv module, its transpose and weight gradient."""
+
+    def __init__(self, module: nn.Module):
+        self.conv = type(module) is not nn.Linear
+        if self.conv:
+            self.stride, self.padding = list(module.stride), list(module.padding)
+            self.dilation, self.groups = list(module.dilation), module.groups
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if not self.conv:
+            return F.linear(x, w)
+        return torch.ops.aten.convolution(x, w, None, self.stride, self.padding, self.dilation,
+                                          False, [0] * len(self.stride), self.groups)
+
+    def transpose(self, gz: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """f^T(gZ, W): the input gradient, of shape x_shape."""
+        if not self.conv:
+            return gz @ w  # (..., out) @ (out, in)
+        extra = [x_shape[2 + d] - ((gz.shape[2 + d] - 1) * self.stride[d] - 2 * self.padding[d]
+                                   + self.dilation[d] * (w.shape[2 + d] - 1) + 1)
+                 for d in range(len(self.stride))]  # output_padding that restores x's size
+        return torch.ops.aten.convolution(gz, w, None, self.stride, self.padding, self.dilation,
+                                          True, extra, self.groups)
+
+    def weight_grad(self, x: torch.Tensor, gz: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if not self.conv:
+            return gz.reshape(-1, gz.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
+        return torch.ops.aten.convolution_backward(
+            gz, x, w, None, self.stride, self.padding, self.dilation, False,
+            [0] * len(self.stride), self.groups, [False, True, False])[1]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    wide = torch.promote_types(a.dtype, torch.float32)
+    return torch.vdot(a.reshape(-1).to(wide), b.reshape(-1).to(wide))
+
+
+class _Forward(torch.autograd.Function):
+    """Z = f(X, W), with alpha_i an input whose gradient is <dZ', X> / alpha_i."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, tape: Tape, i: int) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.tape, ctx.i = tape, i
-        return F.linear(x, w)
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, a: torch.Tensor,
+                op: BilinearMap) -> torch.Tensor:
+        ctx.save_for_backward(x, w, a)
+        ctx.op = op
+        return op.forward(x, w)
 
     @staticmethod
     def backward(ctx, gz: torch.Tensor):
-        x, w = ctx.saved_tensors
-        first = torch.is_grad_enabled()  # the first backward (create_graph), not the double one
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gx = gz @ w.detach()  # (..., out) @ (out, in)
-            if first:
-                ctx.tape.input_grads.append((ctx.i, gx))
-        if ctx.needs_input_grad[1] and first:
-            gw = gz.reshape(-1, gz.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
-        return gx, gw, None, None
+        x, w, a = ctx.saved_tensors
+        op, need = ctx.op, ctx.needs_input_grad
+        if torch.is_grad_enabled():  # the first backward (create_graph): gX and the weight's g
+            gx = _InputGrad.apply(gz, w.detach(), a, op, x.shape) if need[0] else None
+            return gx, op.weight_grad(x, gz, w) if need[1] else None, None, None
+        # the double backward: gz = d<g, v>/dZ; p_i is not wanted (no path to alpha)
+        gx = op.transpose(gz, w, x.shape)
+        return gx if need[0] else None, None, (_dot(gx, x) / a).to(a.device), None
 
 
-class _Conv(torch.autograd.Function):
-    """conv(x, w) (no bias, batched); records gX on the tape during the first backward."""
+class _InputGrad(torch.autograd.Function):
+    """gX = f^T(gZ, W) of the first backward, with alpha_i an input: <dgZ', gZ> / alpha_i."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, conv: nn.Module, tape: Tape,
-                i: int) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.tape, ctx.i = tape, i
-        ctx.conf = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        stride, padding, dilation, groups = ctx.conf
-        return torch.ops.aten.convolution(x, w, None, stride, padding, dilation, False,
-                                          [0] * len(stride), groups)
+    def forward(ctx, gz: torch.Tensor, w: torch.Tensor, a: torch.Tensor, op: BilinearMap,
+                x_shape: torch.Size) -> torch.Tensor:
+        ctx.save_for_backward(gz, w, a)
+        ctx.op = op
+        return op.transpose(gz, w, x_shape)
 
     @staticmethod
-    def backward(ctx, gz: torch.Tensor):
-        x, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
-        first = torch.is_grad_enabled()
-        gx = gw = None
-        if ctx.needs_input_grad[0]:  # a transposed convolution; output_padding restores x's size
-            extra = [x.shape[2 + d] - ((gz.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
-                                       + dilation[d] * (w.shape[2 + d] - 1) + 1)
-                     for d in range(len(stride))]
-            gx = torch.ops.aten.convolution(gz, w.detach(), None, stride, padding, dilation,
-                                            True, extra, groups)
-            if first:
-                ctx.tape.input_grads.append((ctx.i, gx))
-        if ctx.needs_input_grad[1] and first:
-            gw = torch.ops.aten.convolution_backward(
-                gz, x, w, None, stride, padding, dilation, False, [0] * len(stride), groups,
-                [False, True, False])[1]
-        return gx, gw, None, None, None
+    def backward(ctx, ggx: torch.Tensor):
+        gz, w, a = ctx.saved_tensors
+        u = ctx.op.forward(ggx, w)  # = dgZ', shaped like gZ
+        return u, None, (_dot(u, gz) / a).to(a.device), None, None
 
 
-def _shortcut_forward(tape: Tape, i: int):
-    """The forward a shortcut module runs during the pass: f(x, W) on the tape, then + b."""
+def _shortcut_forward(a: torch.Tensor, op: BilinearMap, calls: Counter, i: int):
+    """The forward a shortcut module runs during the pass: `_Forward`, then + bias."""
     def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if type(module) is nn.Linear:
-            z, bias = _Linear.apply(x, module.weight, tape, i), module.bias
-        else:
-            batched = x.dim() == module.weight.dim()  # (N, C, ...) or unbatched (C, ...)
-            z = _Conv.apply(x if batched else x.unsqueeze(0), module.weight, module, tape, i)
-            z = z if batched else z.squeeze(0)
-            bias = None if module.bias is None else \
-                module.bias.reshape(-1, *[1] * (module.weight.dim() - 2))
-        tape.outputs.append((i, z))
-        # a new tensor either way: an in-place op downstream (ReLU(inplace=True)) must not
-        # change the recorded z
-        return z.clone() if bias is None else z + bias
+        calls[i] += 1
+        if not op.conv:
+            z = _Forward.apply(x, module.weight, a, op)
+            return z if module.bias is None else z + module.bias
+        batched = x.dim() == module.weight.dim()  # (N, C, ...) or unbatched (C, ...)
+        z = _Forward.apply(x if batched else x.unsqueeze(0), module.weight, a, op)
+        z = z if batched else z.squeeze(0)
+        if module.bias is None:
+            return z
+        return z + module.bias.reshape(-1, *[1] * (module.weight.dim() - 2))
     return forward
 
 
@@ -156,6 +167,7 @@ class Shortcut:
                 else:
                     other.add(i)
         self.owners = {i: ms for i, ms in owners.items() if i not in other}
+        self.maps = {m: BilinearMap(m) for ms in self.owners.values() for m in ms}
         self.checked = False  # the graph check below runs on the first pass that uses them
 
     def usable(self, alpha: torch.Tensor) -> list[int]:
@@ -163,24 +175,25 @@ class Shortcut:
         return [i for i in sorted(self.owners) if alpha[i] != 0]
 
     @contextlib.contextmanager
-    def recording(self, fast: list[int]) -> Iterator[Tape]:
-        """Within: the listed tensors' modules run through `_Conv`/`_Linear` onto the tape."""
-        tape, swapped = Tape(), []
+    def running(self, a: torch.Tensor, fast: list[int]) -> Iterator[Counter]:
+        """Within: the listed tensors' modules run through `_Forward`; yields their call counts."""
+        calls: Counter = Counter()
+        swapped: list[nn.Module] = []
         try:
             for i in fast:
                 for module in self.owners[i]:
-                    module.forward = types.MethodType(_shortcut_forward(tape, i), module)
+                    forward = _shortcut_forward(a[i], self.maps[module], calls, i)
+                    module.forward = types.MethodType(forward, module)
                     swapped.append(module)
-            yield tape
+            yield calls
         finally:
             for module in swapped:
                 del module.forward  # back to the class's forward
 
-    def check(self, loss: torch.Tensor, leaves: dict[int, torch.Tensor], tape: Tape) -> list[int]:
+    def check(self, loss: torch.Tensor, leaves: dict[int, torch.Tensor], calls: Counter) -> list[int]:
         """Tensors whose uses in the graph of `loss` are not exactly their modules' calls; they
         leave the shortcut for good. Checked once per search (the graph's shape does not change)."""
         self.checked = True
-        calls = Counter(i for i, _ in tape.outputs)
         uses = _leaf_uses(loss, {id(t) for t in leaves.values()})
         bad = [i for i, t in leaves.items() if uses[id(t)] != calls[i] or calls[i] == 0]
         for i in bad:
@@ -188,17 +201,6 @@ class Shortcut:
                      "gradient takes the plain route", i)
             del self.owners[i]
         return bad
-
-
-def scale_vjp(tape: Tape, grads: list, alpha: torch.Tensor, da: torch.Tensor) -> None:
-    """Add (<dZ, Z> + <dgX, gX>) / alpha_i to da[i]; `grads` match tape.outputs + input_grads."""
-    recorded = tape.outputs + tape.input_grads
-    wide = lambda x: x.reshape(-1).to(torch.promote_types(x.dtype, torch.float32))  # noqa: E731
-    terms = [(i, torch.vdot(wide(d), wide(t.detach())).to(torch.float64))
-             for (i, t), d in zip(recorded, grads) if d is not None]
-    if terms:
-        idx = torch.tensor([i for i, _ in terms])
-        da.index_add_(0, idx, torch.stack([x for _, x in terms]).cpu() / alpha[idx])
 
 
 def _leaf_uses(loss: torch.Tensor, ids: set[int]) -> Counter:
