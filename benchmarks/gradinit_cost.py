@@ -121,7 +121,8 @@ def make_steps(name: str, device: str, kinds: list[str] | None = None) -> dict:
             p.grad = None
 
     steps = dict(train=train, objective=objective, constraint=constraint,
-                 **{"plain-con": lambda: constraint(plain), "authors-obj": lambda: objective(graph=True), "authors-con": authors_constraint})
+                 **{"plain-con": lambda: constraint(plain),
+                    "authors-obj": lambda: objective(graph=True), "authors-con": authors_constraint})
     if kinds is None or any(k.startswith("pypi") for k in kinds):
         steps.update(pypi_steps(name, device))
     return {k: v for k, v in steps.items() if kinds is None or k in kinds}
