@@ -1,6 +1,7 @@
 """What a GradInit iteration costs, as a ratio to one plain training step on the same model.
 
     python benchmarks/gradinit_cost.py [--device cuda] [--repeats 7] [--models resnet56,transformer]
+                                       [--batch 64] [--threads N] [--json out.json]
 
 For each model, one run measures the median wall time of:
   train        forward, backward, SGD-with-momentum step on a batch of 64 (the unit)
@@ -39,7 +40,7 @@ from initlab.core.scales import ScaleAdam, caps_and_floors
 from initlab.lab.models import ResNet
 from initlab.methods.gradinit import GradInitConfig, GradInitSearch
 
-BATCH = 64
+BATCH = int(os.environ.get("INITLAB_BENCH_BATCH", 64))
 _KEEP: list = []
 
 
@@ -229,9 +230,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--models", default="resnet56,transformer")
+    ap.add_argument("--batch", type=int, default=BATCH, help="batch size of every kind of step")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
+    global BATCH
+    BATCH = args.batch
+    os.environ["INITLAB_BENCH_BATCH"] = str(args.batch)  # read by the memory-measuring children
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the memory-measuring children
