@@ -226,6 +226,7 @@ def peak_memory(name: str, device: str, kinds: list[str]) -> dict[str, float]:
 
 
 def main() -> None:
+    global BATCH
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
@@ -234,7 +235,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
-    global BATCH
     BATCH = args.batch
     os.environ["INITLAB_BENCH_BATCH"] = str(args.batch)  # read by the memory-measuring children
     if args.threads:
