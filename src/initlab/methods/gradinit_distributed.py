@@ -28,7 +28,7 @@ from torch import nn
 from ..core.distributed import Ranks
 from ..core.loss import LossFn
 from ..core.params import ParamSpec
-from .gradinit import GradInitConfig, GradInitSearch
+from .gradinit_search import GradInitConfig, GradInitSearch
 
 
 class DistributedGradInitSearch(GradInitSearch):
