@@ -159,6 +159,51 @@ def test_weights_read_outside_their_layer_fall_back_and_stay_exact():
                                N_fd(model, specs, default_loss, alpha, S, "sgd"), rtol=1e-5, atol=1e-8)
 
 
+def test_layers_under_autocast_take_the_plain_route():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def loss_fn(m, b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(b[0])
+        return F.cross_entropy(out.float(), b[1])
+
+    S = (torch.randn(6, 5), torch.randint(0, 3, (6,)))
+    grads = []
+    for fast in (True, False):
+        search, specs = search_for(model, loss_fn=loss_fn, fast=fast)
+        first = search.first_pass(torch.ones(len(specs), dtype=torch.float64), S, graph=True)
+        assert first["fast"] == []
+        grads.append(search.constraint_grad(first))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+class CastsLater(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.cast = nn.Linear(4, 6), nn.Linear(6, 3), False
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cast):
+            return self.fc2(h).double()
+
+
+def test_a_later_pass_with_other_calls_falls_back():
+    torch.manual_seed(7)
+    model = CastsLater().double()
+    S = (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,)))
+    search, specs = search_for(model)
+    alpha = torch.ones(len(specs), dtype=torch.float64)
+    assert search.first_pass(alpha.clone(), S, graph=True)["fast"] == [0, 2]
+    model.cast = True  # from now on fc2 runs under autocast: its calls go uncounted
+    first = search.first_pass(alpha.clone(), S, graph=True)
+    assert first["fast"] == [0]
+    plain, _ = search_for(model, fast=False)
+    torch.testing.assert_close(search.constraint_grad(first),
+                               plain.constraint_grad(plain.first_pass(alpha.clone(), S, graph=True)))
+
+
 def test_forwards_restored_after_a_search_and_after_a_failure():
     torch.manual_seed(5)
     model = Mixed()

@@ -27,7 +27,8 @@ It is used only where it is exact: the tensor is the `weight` of modules of exac
 (no subclass, no parametrization, no instance-level forward; convolutions with zero padding given
 as numbers) and nothing else holds it; and, checked on the first pass that uses it, every use of
 the tensor in the autograd graph is one of those modules' calls (a weight also read directly, by a
-parent module or a regularizer in the loss, falls back to the plain route).
+parent module or a regularizer in the loss, or a layer run under autocast, falls back to the plain
+route).
 """
 from __future__ import annotations
 
@@ -134,9 +135,18 @@ class _InputGrad(torch.autograd.Function):
         return u, None, (_dot(u, gz) / a).to(a.device), None, None
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _shortcut_forward(a: torch.Tensor, op: BilinearMap, calls: Counter, i: int):
     """The forward a shortcut module runs during the pass: `_Forward`, then + bias."""
     def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if _autocast_on(x.device.type):  # mixed dtypes: the class's forward, and an uncounted
+            return type(module).forward(module, x)  # call makes `check` drop the tensor
         calls[i] += 1
         if not op.conv:
             z = _Forward.apply(x, module.weight, a, op)
@@ -168,7 +178,7 @@ class Shortcut:
                     other.add(i)
         self.owners = {i: ms for i, ms in owners.items() if i not in other}
         self.maps = {m: BilinearMap(m) for ms in self.owners.values() for m in ms}
-        self.checked = False  # the graph check below runs on the first pass that uses them
+        self.expected: Counter | None = None  # each tensor's calls per pass, once checked
 
     def usable(self, alpha: torch.Tensor) -> list[int]:
         """Tensors that take the shortcut at these scales (a zero scale cannot be divided by)."""
@@ -191,15 +201,22 @@ class Shortcut:
                 del module.forward  # back to the class's forward
 
     def check(self, loss: torch.Tensor, leaves: dict[int, torch.Tensor], calls: Counter) -> list[int]:
-        """Tensors whose uses in the graph of `loss` are not exactly their modules' calls; they
-        leave the shortcut for good. Checked once per search (the graph's shape does not change)."""
-        self.checked = True
-        uses = _leaf_uses(loss, {id(t) for t in leaves.values()})
-        bad = [i for i, t in leaves.items() if uses[id(t)] != calls[i] or calls[i] == 0]
+        """Tensors that leave the shortcut for good (the caller redoes the pass without them).
+
+        On the first pass, those whose uses in the graph of `loss` are not exactly their
+        modules' calls (a walk over the graph); later, those whose call count differs from the
+        first pass's (a forward that changes with the batch, autocast switched on)."""
+        if self.expected is None:
+            uses = _leaf_uses(loss, {id(t) for t in leaves.values()})
+            bad = [i for i, t in leaves.items() if uses[id(t)] != calls[i] or calls[i] == 0]
+            self.expected = Counter({i: calls[i] for i in leaves if i not in bad})
+        else:
+            bad = [i for i in leaves if calls[i] != self.expected[i]]
         for i in bad:
             log.info("gradinit: tensor %d is used outside its layer's forward; its constraint "
                      "gradient takes the plain route", i)
             del self.owners[i]
+            self.expected.pop(i, None)
         return bad
 
 
