@@ -106,7 +106,8 @@ class GradInitSearch:
         a = alpha.to(self.w0[0].device, self.acc).requires_grad_()  # a copy, even of float64
         use = self.shortcut is not None and not self.cfg.second_order
         fast = self.shortcut.usable(alpha) if use else []
-        ps = [(w * a_i.detach()).requires_grad_() if i in fast else w * a_i  # same values
+        fast_set = set(fast)
+        ps = [(w * a_i.detach()).requires_grad_() if i in fast_set else w * a_i  # same values
               for i, (w, a_i) in enumerate(zip(self.w0, a.unbind()))]
         running = self.shortcut.running(a, fast) if fast else contextlib.nullcontext()
         with double_backward_attention(), running as calls:
@@ -160,10 +161,10 @@ class GradInitSearch:
 
     def constraint_grad(self, first: dict) -> torch.Tensor:
         """d N(g) / d alpha = J^T v with v = dN/dg (needs `first_pass(..., graph=True)`)."""
-        gnorm = first["gnorm"].detach()
-        v = [g.detach().sign() if self.cfg.target == "adam" else g.detach() / gnorm.to(g.dtype)
-             for g in first["gs"]]
-        return self.vjp(first, v)
+        gs = [g.detach() for g in first["gs"]]
+        if self.cfg.target == "adam":
+            return self.vjp(first, torch._foreach_sign(gs))
+        return self.vjp(first, torch._foreach_div(gs, first["gnorm"].item()))
 
     def vjp(self, first: dict, v: list[torch.Tensor]) -> torch.Tensor:
         """J^T v = d<g(alpha), v>/dalpha for this process's g, by double backward."""
