@@ -70,7 +70,7 @@ class BilinearMap:
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if not self.conv:
             return F.linear(x, w)
-        return torch.ops.aten.convolution(x, w, None, self.stride, self.padding, self.dilation,
+        return torch.convolution(x, w, None, self.stride, self.padding, self.dilation,
                                           False, [0] * len(self.stride), self.groups)
 
     def transpose(self, gz: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
@@ -80,13 +80,13 @@ class BilinearMap:
         extra = [x_shape[2 + d] - ((gz.shape[2 + d] - 1) * self.stride[d] - 2 * self.padding[d]
                                    + self.dilation[d] * (w.shape[2 + d] - 1) + 1)
                  for d in range(len(self.stride))]  # output_padding that restores x's size
-        return torch.ops.aten.convolution(gz, w, None, self.stride, self.padding, self.dilation,
+        return torch.convolution(gz, w, None, self.stride, self.padding, self.dilation,
                                           True, extra, self.groups)
 
     def weight_grad(self, x: torch.Tensor, gz: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if not self.conv:
             return gz.reshape(-1, gz.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
-        return torch.ops.aten.convolution_backward(
+        return torch.ops.aten.convolution_backward.default(
             gz, x, w, None, self.stride, self.padding, self.dilation, False,
             [0] * len(self.stride), self.groups, [False, True, False])[1]
 
