@@ -103,7 +103,8 @@ class GradInitSearch:
     def graph_pass(self, alpha: torch.Tensor, S: Any) -> tuple[torch.Tensor, list, list[int], torch.Tensor]:
         """The loss on S as a function of an alpha leaf `a`, for a double backward: p_i = a_i w_i,
         or, for Linear/Conv weights, a plain leaf and a_i fed to the layer (gradinit_shortcut)."""
-        a = alpha.to(self.w0[0].device, self.acc).requires_grad_()  # a copy, even of float64
+        a = alpha.to(self.w0[0].device, self.acc).requires_grad_()  # alpha itself if float64 on
+        # the CPU: callers pass a copy
         use = self.shortcut is not None and not self.cfg.second_order
         fast = self.shortcut.usable(alpha) if use else []
         fast_set = set(fast)
