@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import initlab
+from initlab.diagnostics import layer_moments
 from initlab.lab.models import ResNet
 
 
@@ -169,20 +170,9 @@ ARCHITECTURES = {
 
 
 def layer_variances(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Output variance of every Linear/Conv on `x` (first call of each), via forward hooks."""
-    out: dict[str, float] = {}
-
-    def hook(name: str):
-        def record(module, args, output):
-            out.setdefault(name, output.detach().double().var().item())
-        return record
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return out
+    """Output variance of every Linear/Conv on `x` (first call of each): the library's
+    diagnostic `initlab.diagnostics.layer_moments`, without the means."""
+    return {name: var for name, (_, var) in layer_moments(model, x).items()}
 
 
 def worst(variances: dict[str, float]) -> tuple[str, float]:
