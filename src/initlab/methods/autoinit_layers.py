@@ -4,7 +4,8 @@ normalization, dropout. See `autoinit_maps.py` for `Moments` and the registry.
 Weighted layers ask `ctx.layers.weight(...)` for their weight: AutoInit draws it there with
 Var(W) = sigma^2 / (fan_in * E[x^2]) (SPEC §4) and zeroes the bias; a layer it does not
 initialize (already drawn, or a second call of a shared layer) gives its current value. Either
-way the output statistics are computed from the actual weights, unit by unit (`linear_moments`).
+way the output statistics are computed from the actual weights: unit by unit for Linear layers
+(`linear_moments`), and for convolutions also class of positions by class (`autoinit_conv.py`).
 """
 from __future__ import annotations
 
@@ -15,16 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .autoinit_conv import ConvArgs, conv_input, conv_moments
 from .autoinit_maps import (
     MapContext,
     Moments,
     constant,
-    find_map,
-    mixture,
     moments,
     register_moment_map,
 )
-from .autoinit_ops import elementwise, identity
 
 
 def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
@@ -45,76 +44,25 @@ def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor
     return moments(mean, x.local * s2 + x.shared * sk + spread, x.shared * sk + spread)
 
 
-def _taps(size: int, k: int, stride: int, pad: int, dilation: int,
-          only: Optional[int] = None) -> torch.Tensor:
-    """(out, size) 0/1 matrix: which input positions each output position's taps land on
-    (`only`: just that tap)."""
-    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-    a = torch.zeros(max(out, 1), size, dtype=torch.float64)
-    for o in range(out):
-        for j in range(k) if only is None else (only,):
-            i = o * stride - pad + j * dilation
-            if 0 <= i < size:
-                a[o, i] += 1
-    return a
-
-
-def padded(x: Moments, fraction: float) -> Moments:
-    """The input as a conv sees it: a fraction of real values, the rest zero padding."""
-    return x if fraction >= 1.0 else mixture([x, moments(0.0, 0.0)], [fraction, 1 - fraction])
-
-
-#: Maps through which a position profile of the second moment carries over unchanged.
-_PROFILE_KEEPS = {elementwise, identity}
-
-
-def _profile_source(ctx: MapContext, node: fx.Node) -> fx.Node:
-    """Walk back from a conv's input through elementwise and shape operations."""
-    while node.op in ("call_module", "call_function", "call_method"):
-        module = ctx.layers.module(node) if node.op == "call_module" else None
-        if find_map(node, module) not in _PROFILE_KEEPS or len(node.all_input_nodes) != 1:
-            break
-        node = node.all_input_nodes[0]
-    return node
-
-
-def conv_fraction(ctx: MapContext, m: Any) -> float:
-    """E[x^2] over the taps a zero-padded conv actually reads, relative to the input's mean.
-
-    Near borders some taps read zeros, and across a stack of convs the second moment takes a
-    profile over positions (lower near the borders). The profile is tracked per spatial dim
-    (`ctx.layers.profiles`): out = taps @ profile, so a deep stack converges to the dominant
-    eigenvector instead of losing the border fraction again at every layer. A delta-orthogonal
-    weight reads its centre tap only (`autoinit_draws.py`)."""
-    shape = ctx.shape(ctx.raw_args[0])
-    if m.padding_mode != "zeros" or shape is None:
-        return 1.0
-    sizes = shape[-len(m.kernel_size):]
-    before = ctx.layers.profiles.get(_profile_source(ctx, ctx.raw_args[0]).name)
-    centre = ctx.layers.cfg.distribution == "delta-orthogonal"
-    frac, after = 1.0, []
-    for i, size in enumerate(sizes):
-        k, d = m.kernel_size[i], m.dilation[i]
-        p = 0 if m.padding == "valid" else d * (k - 1) // 2 if m.padding == "same" else m.padding[i]
-        prof = before[i] if before is not None and len(before[i]) == size else \
-            torch.ones(size, dtype=torch.float64)
-        reach = _taps(size, k, m.stride[i], p, d, k // 2 if centre else None) @ prof  # (out,)
-        frac *= float(reach.mean()) / (1 if centre else k)
-        after.append(reach / reach.mean().clamp_min(1e-300))
-    ctx.layers.profiles[ctx.node.name] = after
-    return frac
-
-
 def weighted_layer(ctx: MapContext) -> Moments:
     m = ctx.module
+    geometry = m if isinstance(m, nn.modules.conv._ConvNd) else None
+    return _weighted(ctx, str(ctx.node.target), m.weight, m.bias, geometry,
+                     getattr(m, "groups", 1))
+
+
+def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
+              geometry: Any, groups: int) -> Moments:
+    """Draw (or read) the weight, then the output statistics from its values: convolutions
+    position class by position class (`autoinit_conv.py`), Linear layers unit by unit."""
     x = ctx.first()
-    if isinstance(m, nn.modules.conv._ConvNd):
-        x = padded(x, conv_fraction(ctx, m))
-    name = str(ctx.node.target)
-    w = ctx.layers.weight(name, m.weight, m.bias, x, getattr(m, "groups", 1))
-    y = linear_moments(x, w, None if m.bias is None else ctx.layers.value(m.bias))
-    y = ctx.layers.rescale(name, m.weight, y)
-    return ctx.layers.output(name, sample_scales(ctx, x, y))
+    seen, per_tap = conv_input(ctx, geometry, x) if geometry is not None else (x, None)
+    w = ctx.layers.weight(name, weight, bias, seen, groups)
+    b = None if bias is None else ctx.layers.value(bias)
+    y = linear_moments(x, w, b) if geometry is None else \
+        conv_moments(ctx, geometry, x, per_tap, w, b)
+    y = ctx.layers.rescale(name, weight, y)
+    return ctx.layers.output(name, sample_scales(ctx, seen, y))
 
 
 def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
@@ -131,21 +79,6 @@ def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
     return moments(y.mean * g.sqrt(), y.var * g, y.shared * g)
 
 
-class _ConvArgs:
-    """The geometry of a functional convolution, shaped like a Conv module's attributes."""
-    padding_mode = "zeros"
-
-    def __init__(self, weight: torch.Tensor, ctx: MapContext):
-        dims = weight.dim() - 2
-
-        def tup(v: object) -> tuple:
-            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
-        self.kernel_size = tuple(weight.shape[2:])
-        self.stride, self.dilation = tup(ctx.arg(3, "stride", 1)), tup(ctx.arg(5, "dilation", 1))
-        pad = ctx.arg(4, "padding", 0)
-        self.padding = pad if isinstance(pad, str) else tup(pad)
-
-
 def functional_layer(ctx: MapContext) -> Moments:
     """F.linear / F.conv*d(x, weight, bias, ...) with the weight a parameter of the model."""
     raw_w = ctx.raw_args[1]
@@ -154,15 +87,10 @@ def functional_layer(ctx: MapContext) -> Moments:
     weight = ctx.layers.attr(raw_w)
     bias_node = ctx.raw_args[2] if len(ctx.raw_args) > 2 else ctx.node.kwargs.get("bias")
     bias = ctx.layers.attr(bias_node) if isinstance(bias_node, fx.Node) else None
-    x = ctx.first()
-    if ctx.node.target is not F.linear:
-        x = padded(x, conv_fraction(ctx, _ConvArgs(weight, ctx)))
     name = str(raw_w.target).rpartition(".")[0]
-    groups = 1 if ctx.node.target is F.linear else int(ctx.arg(6, "groups", 1))
-    w = ctx.layers.weight(name, weight, bias, x, groups)
-    y = linear_moments(x, w, None if bias is None else ctx.layers.value(bias))
-    y = ctx.layers.rescale(name, weight, y)
-    return ctx.layers.output(name, sample_scales(ctx, x, y))
+    if ctx.node.target is F.linear:
+        return _weighted(ctx, name, weight, bias, None, 1)
+    return _weighted(ctx, name, weight, bias, ConvArgs(weight, ctx), int(ctx.arg(6, "groups", 1)))
 
 
 def embedding(ctx: MapContext) -> Moments:

@@ -220,6 +220,18 @@ def mixture(parts: list[Moments], weights: list[float]) -> Moments:
     return moments(mean, second - mean ** 2, shared)
 
 
+def border(x: Moments, fraction: float, value: float = 0.0) -> Moments:
+    """A tensor whose positions are a `fraction` of x's values and the rest `value` (padding).
+    Unlike `mixture`, the difference of the means varies over positions, not channels: it is
+    local. A (sample, channel)'s shared part is present at a `fraction` of the positions; a
+    convolution's tap sums see it in that proportion, so `shared` scales by `fraction`."""
+    if fraction >= 1.0:
+        return x
+    mean = fraction * x.mean + (1 - fraction) * value
+    second = fraction * x.second + (1 - fraction) * value ** 2
+    return moments(mean, second - mean ** 2, fraction * x.shared)
+
+
 def constant(value: Any) -> Optional[Moments]:
     """Moments of a Python number or a tensor's values (None for anything else)."""
     if isinstance(value, bool) or value is None:

@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoinit_maps import MapContext, Moments, constant, mixture, moments, register_moment_map
+from .autoinit_maps import (
+    MapContext,
+    Moments,
+    border,
+    constant,
+    mixture,
+    moments,
+    register_moment_map,
+)
 
 
 def _numel(shape: tuple) -> int:
@@ -123,7 +131,9 @@ def attention_moments(ctx: MapContext, q: Moments, k: Moments, v: Moments, d: in
 
 
 def pad(ctx: MapContext) -> Moments:
-    """Constant padding: a mixture of the input and the fill value, by element counts."""
+    """Constant padding: the input and the fill value, by element counts. Padding along
+    spatial dims varies over positions (`border`); along the channels it is a per-channel
+    offset (`mixture`)."""
     src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
     frac = _numel(src) / max(1, _numel(out))
     m = ctx.module
@@ -133,6 +143,12 @@ def pad(ctx: MapContext) -> Moments:
         value, mode = ctx.arg(3, "value", 0.0) or 0.0, ctx.arg(2, "mode", "constant")
     if mode != "constant":
         return ctx.first()
+    widths = ctx.arg(1, "pad") if m is None else m.padding
+    widths = list(widths) if isinstance(widths, (tuple, list)) else [widths] * 2 * (len(src) - 2)
+    # pad = (last dim's before, after, the dim before it's, ...): which dims grow
+    grown = {len(src) - 1 - i // 2 for i, w in enumerate(widths) if w}
+    if grown and min(grown) >= 2:  # spatial padding only: the fill varies over positions
+        return border(ctx.first(), frac, float(value))
     return mixture([ctx.first(), moments(float(value), 0.0)], [frac, 1 - frac])
 
 
