@@ -19,10 +19,10 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from autoinit_variance import PlainCNN
 from torch import nn
 
 import initlab
-from autoinit_variance import PlainCNN
 
 
 def patch_covariance(h: torch.Tensor, conv: nn.Conv2d, rows: int) -> torch.Tensor:

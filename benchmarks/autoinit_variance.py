@@ -232,8 +232,14 @@ def main() -> None:
     p.add_argument("--distributions", default="normal",
                    help="AutoInit weight distributions, comma-separated (normal, uniform, "
                         "orthogonal, delta-orthogonal); one column each")
+    p.add_argument("--only", default="",
+                   help="comma-separated name prefixes: run only these architectures")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.only:
+        keep = tuple(args.only.split(","))
+        for name in [n for n in ARCHITECTURES if not n.startswith(keep)]:
+            del ARCHITECTURES[name]
     torch.set_num_threads(1)
     dists = args.distributions.split(",")
     names = " | ".join(("AutoInit" if d == "normal" and len(dists) == 1 else f"AutoInit {d}")

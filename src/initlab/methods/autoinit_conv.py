@@ -3,7 +3,7 @@
 Away from the borders a conv is a Linear layer over (in-channels x taps). At a border some taps
 read padding zeros, and that changes three things `linear_moments` cannot see:
 - the second moment the taps read is lower there, and over a stack of convs it takes a profile
-  over positions (tracked per spatial dim in `ctx.layers.profiles`);
+  over positions (`ctx.layers.profiles`: each conv records its output's, from its weights);
 - the input's mean leaks through: a unit whose weights sum to 0 (`centered`) passes no mean in
   the interior, but at a border it passes `mu * (sum of its weights on the real taps)`. That is
   a fixed pattern over positions; its average over positions is an offset per output channel,
@@ -16,7 +16,6 @@ per class from the drawn weights, weighted by the class's size.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Optional
 
@@ -78,42 +77,64 @@ def _spatial(ctx: MapContext, m: Any) -> Optional[tuple]:
     return None if shape is None else tuple(shape[-len(m.kernel_size):])
 
 
-def tap_profiles(ctx: MapContext, m: Any) -> Optional[list[torch.Tensor]]:
-    """Per spatial dim, (k,): the input's second moment (relative to its mean over positions)
-    that each tap reads, averaged over output positions (0 for padding). Records the output's
-    own profile for the convs after it: a deep stack converges to the dominant eigenvector of
-    the tap-reading operator instead of losing the border fraction again at every layer."""
+def _gather(m: Any, sizes: tuple, image: torch.Tensor) -> torch.Tensor:
+    """(P, T): the value of `image` (spatial shape `sizes`) that each of the T taps reads at
+    each of the P output positions, 0 where it reads zero padding."""
+    d = len(sizes)
+    idx = []
+    for i, size in enumerate(sizes):
+        r = _reads(m, i, size)                                   # (out_i, k_i), -1: padding
+        shape = [1] * (2 * d)
+        shape[i], shape[d + i] = r.shape
+        idx.append(r.reshape(shape))
+    padded = torch.nn.functional.pad(image, (0, 1) * d)         # index -1 reads the added 0
+    seen = padded[tuple(idx)]                                    # (out..., k...)
+    taps = math.prod(seen.shape[d:])
+    return seen.reshape(-1, taps)
+
+
+def tap_reads(ctx: MapContext, m: Any) -> Optional[tuple[torch.Tensor, torch.Tensor, tuple]]:
+    """For each output position and tap: the input's second moment there, relative to its mean
+    over positions (its profile, recorded by the conv before; 1 without one), and whether the
+    tap is real (1) or reads padding (0); both (P, T). And the output's spatial shape."""
     sizes = _spatial(ctx, m)
     if sizes is None:
         return None
-    before = ctx.layers.profiles.get(_profile_source(ctx, ctx.raw_args[0]).name)
-    centre = ctx.layers.cfg.distribution == "delta-orthogonal"
-    per_tap, after = [], []
-    for i, size in enumerate(sizes):
-        prof = before[i] if before is not None and len(before[i]) == size else \
-            torch.ones(size, dtype=torch.float64)
-        reads = _reads(m, i, size)                                    # (out, k)
-        seen = torch.where(reads >= 0, prof[reads.clamp_min(0)], torch.zeros((), dtype=prof.dtype))
-        per_tap.append(seen.mean(0))                                  # (k,)
-        k = reads.shape[1]
-        reach = seen[:, k // 2] if centre else seen.sum(1)            # (out,)
-        after.append(reach / reach.mean().clamp_min(1e-300))
-    ctx.layers.profiles[ctx.node.name] = after
-    return per_tap
+    prof = ctx.layers.profiles.get(_profile_source(ctx, ctx.raw_args[0]).name)
+    ones = torch.ones(sizes, dtype=torch.float64)
+    if prof is None or tuple(prof.shape) != sizes:
+        prof = ones
+    out = tuple(_reads(m, i, size).shape[0] for i, size in enumerate(sizes))
+    return _gather(m, sizes, prof), _gather(m, sizes, ones), out
 
 
-def conv_input(ctx: MapContext, m: Any, x: Moments) -> tuple[Moments, Optional[list]]:
+def conv_input(ctx: MapContext, m: Any, x: Moments) -> tuple[Moments, Optional[tuple]]:
     """The input as AutoInit's weight draw sees it (E[x^2] over the taps the conv reads, the
-    padding counting as zeros), and `tap_profiles` for `conv_moments`. Once per conv node."""
-    per_tap = tap_profiles(ctx, m)
-    if per_tap is None:
+    padding counting as zeros), and `tap_reads` for `conv_moments`. Once per conv node."""
+    reads = tap_reads(ctx, m)
+    if reads is None:
         return x, None
+    per_tap = reads[0].mean(0)                                   # (T,)
     centre = ctx.layers.cfg.distribution == "delta-orthogonal"
-    frac = math.prod(float(p[len(p) // 2] if centre else p.mean()) for p in per_tap)
-    return border(x, frac), per_tap
+    frac = float(per_tap[per_tap.numel() // 2] if centre else per_tap.mean())
+    return border(x, frac), reads
 
 
-def conv_moments(ctx: MapContext, m: Any, x: Moments, per_tap: Optional[list],
+def _record_profile(ctx: MapContext, x: Moments, w: torch.Tensor, reads: tuple) -> None:
+    """The output's second moment at each position, relative to its mean, for the convs after
+    it: the local part from the input profile the taps read, the shared part and the input's
+    mean through the weights on the real taps (the mean leaks in at the borders)."""
+    seen, real, out = reads
+    t = w.sum(1)                                                 # (out, T): sum over channels
+    leak = ((real @ (t.T @ t / w.shape[0])) * real).sum(1)      # mean_j A_j(p)^2
+    shared = ((real @ (torch.einsum("jct,jcu->tu", w, w) / w.shape[0])) * real).sum(1)
+    prof = float(x.local.mean()) * (seen @ w.pow(2).sum(1).mean(0)) + \
+        float(x.shared.mean()) * shared + float((x.mean ** 2).mean()) * leak
+    if float(prof.mean()) > 0:
+        ctx.layers.profiles[ctx.node.name] = (prof / prof.mean()).reshape(out)
+
+
+def conv_moments(ctx: MapContext, m: Any, x: Moments, reads: Optional[tuple],
                  weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
     """y_j(p) = sum_{c, t real at p} W_jct x_c(p + t) + b_j, pooled over units j and positions p.
 
@@ -121,20 +142,16 @@ def conv_moments(ctx: MapContext, m: Any, x: Moments, per_tap: Optional[list],
     channel: E y = mu * A + b; Var y = local * sum_ct W^2 r_t + shared * sum_c S_jc^2, r_t the
     second-moment profile tap t reads (`tap_profiles`). The spread of mu * A_j(p) + b_j over
     (j, p) adds to the variance; its part constant over positions (per unit) to `shared`."""
-    sizes = _spatial(ctx, m)
     w = weight.detach().double().cpu()
     out, cin, taps = w.shape[0], w.shape[1], math.prod(w.shape[2:])
     b = torch.zeros(out, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
-    if sizes is None or per_tap is None:
-        per_tap = [torch.ones(k, dtype=torch.float64) for k in w.shape[2:]]
-        classes = [(torch.ones(w.shape[2:], dtype=torch.bool), 1.0)]
-    else:
-        classes = _classes(m, sizes)
-    r = per_tap[0]
-    for p in per_tap[1:]:
-        r = torch.outer(r.reshape(-1), p).reshape(*r.shape, -1)
     w = w.reshape(out, cin, taps)
-    local_gain = (w.pow(2).sum(1) * r.reshape(1, taps)).sum(1).mean()
+    if reads is None:
+        r, classes = torch.ones(taps, dtype=torch.float64), [(torch.ones(taps), 1.0)]
+    else:
+        r, classes = reads[0].mean(0), _classes_of(reads[1])
+        _record_profile(ctx, x, w, reads)
+    local_gain = (w.pow(2).sum(1) * r).sum(1).mean()
     a_sum = torch.zeros(out, dtype=torch.float64)          # sum_p n_p A_j(p)
     a_sq = torch.zeros(out, dtype=torch.float64)           # sum_p n_p A_j(p)^2
     shared_gain = torch.zeros((), dtype=torch.float64)
@@ -156,18 +173,13 @@ def conv_moments(ctx: MapContext, m: Any, x: Moments, per_tap: Optional[list],
                    x.local * local_gain + shared + positional, shared)
 
 
+def _classes_of(real: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+    """Distinct rows of the (P, T) real-tap table with their counts."""
+    masks, counts = torch.unique(real, dim=0, return_counts=True)
+    return [(mk, float(n)) for mk, n in zip(masks, counts.tolist())]
+
+
 def _classes(m: Any, sizes: tuple) -> list[tuple[torch.Tensor, float]]:
-    """The output positions grouped by which taps are real: (mask over the kernel, count)."""
-    per_dim = []
-    for i, size in enumerate(sizes):
-        counts: dict[tuple, int] = {}
-        for row in (_reads(m, i, size) >= 0).tolist():
-            counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-        per_dim.append(list(counts.items()))
-    found = []
-    for combo in itertools.product(*per_dim):
-        mask = torch.tensor(combo[0][0])
-        for row, _ in combo[1:]:
-            mask = mask.unsqueeze(-1) & torch.tensor(row)
-        found.append((mask, float(math.prod(n for _, n in combo))))
-    return found
+    """The output positions grouped by which taps are real: (0/1 mask over the flattened
+    kernel, count)."""
+    return _classes_of(_gather(m, sizes, torch.ones(sizes, dtype=torch.float64)))
