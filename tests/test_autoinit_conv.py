@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 import initlab
-from initlab.methods.autoinit_conv import _classes, _reads
+from initlab.methods.autoinit_conv import _classes_of, _gather, _reads
+
+
+def _classes(conv: nn.Module, sizes: tuple) -> list:
+    """Output positions grouped by their real taps: (mask, count)."""
+    return _classes_of(_gather(conv, sizes, torch.ones(sizes, dtype=torch.float64))[0])
 
 
 class ConvGap(nn.Module):

@@ -77,9 +77,9 @@ def _spatial(ctx: MapContext, m: Any) -> Optional[tuple]:
     return None if shape is None else tuple(shape[-len(m.kernel_size):])
 
 
-def _gather(m: Any, sizes: tuple, image: torch.Tensor) -> torch.Tensor:
+def _gather(m: Any, sizes: tuple, image: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """(P, T): the value of `image` (spatial shape `sizes`) that each of the T taps reads at
-    each of the P output positions, 0 where it reads zero padding."""
+    each of the P output positions, 0 where it reads zero padding; and the output's shape."""
     d = len(sizes)
     idx = []
     for i, size in enumerate(sizes):
@@ -89,8 +89,7 @@ def _gather(m: Any, sizes: tuple, image: torch.Tensor) -> torch.Tensor:
         idx.append(r.reshape(shape))
     padded = torch.nn.functional.pad(image, (0, 1) * d)         # index -1 reads the added 0
     seen = padded[tuple(idx)]                                    # (out..., k...)
-    taps = math.prod(seen.shape[d:])
-    return seen.reshape(-1, taps)
+    return seen.reshape(-1, math.prod(seen.shape[d:])), tuple(seen.shape[:d])
 
 
 def tap_reads(ctx: MapContext, m: Any) -> Optional[tuple[torch.Tensor, torch.Tensor, tuple]]:
@@ -104,8 +103,8 @@ def tap_reads(ctx: MapContext, m: Any) -> Optional[tuple[torch.Tensor, torch.Ten
     ones = torch.ones(sizes, dtype=torch.float64)
     if prof is None or tuple(prof.shape) != sizes:
         prof = ones
-    out = tuple(_reads(m, i, size).shape[0] for i, size in enumerate(sizes))
-    return _gather(m, sizes, prof), _gather(m, sizes, ones), out
+    seen, out = _gather(m, sizes, prof)
+    return seen, _gather(m, sizes, ones)[0], out
 
 
 def conv_input(ctx: MapContext, m: Any, x: Moments) -> tuple[Moments, Optional[tuple]]:
@@ -140,7 +139,7 @@ def conv_moments(ctx: MapContext, m: Any, x: Moments, reads: Optional[tuple],
 
     With A_j(p) = sum over real taps of W_jct (summed over c) and S_jc(p) the same per input
     channel: E y = mu * A + b; Var y = local * sum_ct W^2 r_t + shared * sum_c S_jc^2, r_t the
-    second-moment profile tap t reads (`tap_profiles`). The spread of mu * A_j(p) + b_j over
+    second-moment profile tap t reads (`tap_reads`). The spread of mu * A_j(p) + b_j over
     (j, p) adds to the variance; its part constant over positions (per unit) to `shared`."""
     w = weight.detach().double().cpu()
     out, cin, taps = w.shape[0], w.shape[1], math.prod(w.shape[2:])
@@ -178,8 +177,3 @@ def _classes_of(real: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
     masks, counts = torch.unique(real, dim=0, return_counts=True)
     return [(mk, float(n)) for mk, n in zip(masks, counts.tolist())]
 
-
-def _classes(m: Any, sizes: tuple) -> list[tuple[torch.Tensor, float]]:
-    """The output positions grouped by which taps are real: (0/1 mask over the flattened
-    kernel, count)."""
-    return _classes_of(_gather(m, sizes, torch.ones(sizes, dtype=torch.float64)))

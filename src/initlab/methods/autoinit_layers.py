@@ -56,11 +56,11 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
     """Draw (or read) the weight, then the output statistics from its values: convolutions
     position class by position class (`autoinit_conv.py`), Linear layers unit by unit."""
     x = ctx.first()
-    seen, per_tap = conv_input(ctx, geometry, x) if geometry is not None else (x, None)
+    seen, reads = conv_input(ctx, geometry, x) if geometry is not None else (x, None)
     w = ctx.layers.weight(name, weight, bias, seen, groups)
     b = None if bias is None else ctx.layers.value(bias)
     y = linear_moments(x, w, b) if geometry is None else \
-        conv_moments(ctx, geometry, x, per_tap, w, b)
+        conv_moments(ctx, geometry, x, reads, w, b)
     y = ctx.layers.rescale(name, weight, y)
     return ctx.layers.output(name, sample_scales(ctx, seen, y))
 
