@@ -50,7 +50,15 @@ from . import (  # noqa: F401  (register maps)
 )
 from ._common import Staged, generator, integer, note_unchanged, positive, require
 from .autoinit_draws import DISTRIBUTIONS, draw
-from .autoinit_maps import MODULE_MAPS, MapContext, Moments, constant, find_map, moments
+from .autoinit_maps import (
+    CHANNEL_MAPS,
+    MODULE_MAPS,
+    MapContext,
+    Moments,
+    constant,
+    find_map,
+    moments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +162,7 @@ class _Layers:
         f = self.cfg.signal_variance / var
         self.staged.set(weight, self.value(weight) * math.sqrt(f))
         h["weight_std"] *= math.sqrt(f)
-        return moments(y.mean * math.sqrt(f), y.var * f, y.shared * f)
+        return y.like(y.mean * math.sqrt(f), y.var * f, y.shared * f)
 
     def output(self, name: str, y: Moments) -> Moments:
         """Note the predicted output of a layer just initialized (first call only)."""
@@ -205,6 +213,14 @@ def _input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
     return moments(mean_n, total, shared)
 
 
+def _pooled_unless(value: Any, per_channel: bool) -> Any:
+    if isinstance(value, Moments) and not per_channel:
+        return value.collapse()
+    if isinstance(value, tuple) and not per_channel:
+        return tuple(_pooled_unless(v, False) for v in value)
+    return value
+
+
 def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitConfig,
               gen: torch.Generator) -> dict[str, Any]:
     """Moments of every node, in graph order, drawing weights on the way (see `_Layers`)."""
@@ -226,12 +242,15 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
         if node.op == "output":
             continue
         module = module_of(gm, node) if node.op == "call_module" else None
-        ctx = MapContext(node, module, *fx.node.map_arg((node.args, node.kwargs), lambda n: est.get(n.name)),
-                         shapes, layers, cfg.quadrature_points, cfg.mc_samples, gen)
         if shapes.get(node.name) is None:
             est[node.name] = None  # not a tensor (x.size(0), x.shape, ...)
             continue
         fn = find_map(node, module)
+        per_channel = fn in CHANNEL_MAPS        # else channels pooled: see autoinit_maps
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _pooled_unless(
+            est.get(n.name), per_channel))
+        ctx = MapContext(node, module, args, kwargs, shapes, layers, cfg.quadrature_points,
+                         cfg.mc_samples, gen)
         try:
             out = fn(ctx) if fn is not None else None
         except Exception as e:  # noqa: BLE001  (re-raised below with the node named)

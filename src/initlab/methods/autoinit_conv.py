@@ -119,57 +119,78 @@ def conv_input(ctx: MapContext, m: Any, x: Moments) -> tuple[Moments, Optional[t
     return border(x, frac), reads
 
 
+def dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(out, in, taps) float64 weight with a grouped layer's blocks placed (zeros elsewhere),
+    so that every layer is one matrix over (in-channels x taps)."""
+    w = weight.detach().double().cpu()
+    w = w.reshape(w.shape[0], w.shape[1], -1)
+    if groups == 1:
+        return w
+    out, per_in, taps = w.shape
+    full = torch.zeros(out, per_in * groups, taps, dtype=torch.float64)
+    per_out = out // groups
+    for g in range(groups):
+        full[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = \
+            w[g * per_out:(g + 1) * per_out]
+    return full
+
+
+def channel_rows(x: Moments, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x's (mean, local, shared) as (S, channels) rows (a value without channels repeated)."""
+    mean, _, shared = x.per_channel()
+    local = x.local if x.axis is not None else x.local.unsqueeze(-1) if x.local.dim() else x.local
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, t.shape[-1] if t.dim() else 1).expand(-1, channels)
+    return rows(mean), rows(local), rows(shared)
+
+
 def _record_profile(ctx: MapContext, x: Moments, w: torch.Tensor, reads: tuple) -> None:
     """The output's second moment at each position, relative to its mean, for the convs after
     it: the local part from the input profile the taps read, the shared part and the input's
-    mean through the weights on the real taps (the mean leaks in at the borders)."""
+    mean through the weights on the real taps (the mean leaks in at the borders). `w` is the
+    dense (out, in, taps) weight; channel statistics are averaged over samples."""
     seen, real, out = reads
-    t = w.sum(1)                                                 # (out, T): sum over channels
-    leak = ((real @ (t.T @ t / w.shape[0])) * real).sum(1)      # mean_j A_j(p)^2
-    shared = ((real @ (torch.einsum("jct,jcu->tu", w, w) / w.shape[0])) * real).sum(1)
-    prof = float(x.local.mean()) * (seen @ w.pow(2).sum(1).mean(0)) + \
-        float(x.shared.mean()) * shared + float((x.mean ** 2).mean()) * leak
+    mu, loc, sh = (t.mean(0) for t in channel_rows(x, w.shape[1]))     # (in,) each
+    u = torch.einsum("jct,c->jt", w, mu)                          # (out, T): mean per tap
+    leak = (real @ u.T).pow(2).mean(1)                           # mean_j A_j(p)^2
+    g = torch.einsum("jct,jcu,c->tu", w, w, sh) / w.shape[0]
+    prof = seen @ torch.einsum("jct,c->t", w.pow(2), loc) / w.shape[0] + \
+        ((real @ g) * real).sum(1) + leak
     if float(prof.mean()) > 0:
         ctx.layers.profiles[ctx.node.name] = (prof / prof.mean()).reshape(out)
 
 
 def conv_moments(ctx: MapContext, m: Any, x: Moments, reads: Optional[tuple],
-                 weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
-    """y_j(p) = sum_{c, t real at p} W_jct x_c(p + t) + b_j, pooled over units j and positions p.
+                 weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,
+                 axis: int) -> Moments:
+    """y_j(p) = sum_{c, t real at p} W_jct x_c(p + t) + b_j, unit by unit, pooled over the
+    positions p.
 
-    With A_j(p) = sum over real taps of W_jct (summed over c) and S_jc(p) the same per input
-    channel: E y = mu * A + b; Var y = local * sum_ct W^2 r_t + shared * sum_c S_jc^2, r_t the
-    second-moment profile tap t reads (`tap_reads`). The spread of mu * A_j(p) + b_j over
-    (j, p) adds to the variance; its part constant over positions (per unit) to `shared`."""
-    w = weight.detach().double().cpu()
-    out, cin, taps = w.shape[0], w.shape[1], math.prod(w.shape[2:])
-    b = torch.zeros(out, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
-    w = w.reshape(out, cin, taps)
+    With S_jc(p) = sum over the taps real at p of W_jct and A_j(p) = sum_c mu_c S_jc(p):
+    E y_j = mean_p A_j(p) + b_j; Var y_j = sum_ct W_jct^2 r_t local_c + sum_c S_jc^2 shared_c
+    + the spread of A_j(p) over positions (local), r_t the second-moment profile tap t reads
+    (`tap_reads`). Per output channel j (shape (S, out))."""
+    w = dense(weight, groups)
+    out, cin, taps = w.shape
     if reads is None:
         r, classes = torch.ones(taps, dtype=torch.float64), [(torch.ones(taps), 1.0)]
     else:
         r, classes = reads[0].mean(0), _classes_of(reads[1])
         _record_profile(ctx, x, w, reads)
-    local_gain = (w.pow(2).sum(1) * r).sum(1).mean()
-    a_sum = torch.zeros(out, dtype=torch.float64)          # sum_p n_p A_j(p)
-    a_sq = torch.zeros(out, dtype=torch.float64)           # sum_p n_p A_j(p)^2
-    shared_gain = torch.zeros((), dtype=torch.float64)
-    total = 0.0
+    mu, loc, sh = channel_rows(x, cin)                             # (S, in) each
+    local = loc @ (w.pow(2) * r).sum(2).T                          # (S, out)
+    a_sum, a_sq, shared, total = 0.0, 0.0, 0.0, 0.0
     for mask, n in classes:
-        s = (w * mask.reshape(1, 1, taps)).sum(2)          # (out, cin): S_jc at this class
-        a = s.sum(1)
+        s = (w * mask).sum(2)                                      # (out, in): S_jc here
+        a = mu @ s.T                                               # (S, out): A_j here
         a_sum, a_sq = a_sum + n * a, a_sq + n * a * a
-        shared_gain = shared_gain + n * s.pow(2).sum(1).mean()
+        shared = shared + n * (sh @ s.pow(2).T)
         total += n
-    a_bar, shared_gain = a_sum / total, shared_gain / total
-    a_pos = (a_sq / total - a_bar ** 2).mean()             # spread of A over positions, per unit
-    mu = x.mean.reshape(-1, 1)                             # (S, 1)
-    mean_j = mu * a_bar + b                                # (S, out): per-unit offsets
-    spread = mean_j.var(-1, unbiased=False).reshape(x.mean.shape)
-    positional = (x.mean ** 2) * a_pos
-    shared = x.shared * shared_gain + spread
-    return moments(mean_j.mean(-1).reshape(x.mean.shape),
-                   x.local * local_gain + shared + positional, shared)
+    a_bar, shared = a_sum / total, shared / total
+    positional = (a_sq / total - a_bar ** 2).clamp_min(0.0)       # A_j over positions
+    b = 0.0 if bias is None else bias.detach().double().cpu()
+    return moments(a_bar + b, local + shared + positional, shared, axis)
 
 
 def _classes_of(real: torch.Tensor) -> list[tuple[torch.Tensor, float]]:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .autoinit_conv import ConvArgs, conv_input, conv_moments
+from .autoinit_conv import ConvArgs, channel_rows, conv_input, conv_moments, dense
 from .autoinit_maps import (
+    CHANNEL_MAPS,
     MapContext,
     Moments,
     constant,
@@ -26,22 +27,29 @@ from .autoinit_maps import (
 )
 
 
-def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Moments:
-    """y_j = sum_i W_ji x_i + b_j (Linear; Conv with i running over in-channels x kernel taps).
+def linear_moments(x: Moments, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   groups: int = 1, axis: Optional[int] = None) -> Moments:
+    """y_j = sum_i W_ji x_i + b_j (Linear; Conv with i running over in-channels x kernel taps),
+    unit by unit: (S, out) statistics, `axis` the output's channel dim (None: pooled).
 
-    Per output unit j: E y_j = mu * sum W_j + b_j; Var y_j = local * sum W_j^2 + shared *
-    sum_c (sum_taps W_jc)^2 (the shared part repeats across one channel's taps). The spread of
-    E y_j over units is a per-channel offset: it adds to var and to shared.
+    E y_j = sum_c mu_c sum_taps W_jc + b_j; Var y_j = sum_c local_c sum_taps W_jc^2 +
+    sum_c shared_c (sum_taps W_jc)^2 (the shared part repeats across one channel's taps).
     """
-    w = weight.detach().double().cpu()
-    w = w.reshape(w.shape[0], w.shape[1], -1)                        # (out, in/groups, taps)
-    s1, s2, sk = w.sum((1, 2)), w.pow(2).sum((1, 2)).mean(), w.sum(2).pow(2).sum(1).mean()
-    mean_j = x.mean.reshape(-1, 1) * s1                              # (S, out)
-    if bias is not None:
-        mean_j = mean_j + bias.detach().double().cpu()
-    spread = mean_j.var(-1, unbiased=False).reshape(x.mean.shape)  # per-unit offsets
-    mean = mean_j.mean(-1).reshape(x.mean.shape)
-    return moments(mean, x.local * s2 + x.shared * sk + spread, x.shared * sk + spread)
+    w = dense(weight, groups)
+    mu, loc, sh = channel_rows(x, w.shape[1])                        # (S, in) each
+    a = w.sum(2)                                                     # (out, in)
+    mean = mu @ a.T + (0.0 if bias is None else bias.detach().double().cpu())
+    shared = sh @ a.pow(2).T
+    y = moments(mean, loc @ w.pow(2).sum(2).T + shared, shared, -1 if axis is None else axis)
+    return y.collapse() if axis is None else y      # no channel dim to name: pooled
+
+
+def _channel_axis(shape: Any, linear: bool, dims: int) -> Optional[int]:
+    """The channel dim of a layer's input or output: last for Linear, before the spatial dims
+    for a convolution."""
+    if not isinstance(shape, tuple) or not shape or not isinstance(shape[0], int):
+        return None
+    return len(shape) - 1 if linear else len(shape) - 1 - dims
 
 
 def weighted_layer(ctx: MapContext) -> Moments:
@@ -53,14 +61,19 @@ def weighted_layer(ctx: MapContext) -> Moments:
 
 def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
               geometry: Any, groups: int) -> Moments:
-    """Draw (or read) the weight, then the output statistics from its values: convolutions
-    position class by position class (`autoinit_conv.py`), Linear layers unit by unit."""
+    """Draw (or read) the weight, then the output statistics from its values, unit by unit:
+    convolutions position class by position class (`autoinit_conv.py`)."""
     x = ctx.first()
+    dims = 0 if geometry is None else len(geometry.kernel_size)
+    if x.axis != _channel_axis(ctx.shape(ctx.raw_args[0]), geometry is None, dims) or \
+            x.channels not in (1, weight.shape[1] * groups):
+        x = x.collapse()                       # channels along another dim: pool them
     seen, reads = conv_input(ctx, geometry, x) if geometry is not None else (x, None)
     w = ctx.layers.weight(name, weight, bias, seen, groups)
     b = None if bias is None else ctx.layers.value(bias)
-    y = linear_moments(x, w, b) if geometry is None else \
-        conv_moments(ctx, geometry, x, reads, w, b)
+    axis = _channel_axis(ctx.out_shape, geometry is None, dims)
+    y = linear_moments(x, w, b, groups, axis) if geometry is None else \
+        conv_moments(ctx, geometry, x, reads, w, b, groups, axis)
     y = ctx.layers.rescale(name, weight, y)
     return ctx.layers.output(name, sample_scales(ctx, seen, y))
 
@@ -71,12 +84,15 @@ def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
     the normal 4th moment). Drawn per sample: activations like SiLU or GELU are convex in the
     scale, so this spread raises the next layers' variance (Jensen)."""
     n = math.prod(ctx.shape(ctx.raw_args[0])[1:])
-    if y.var.numel() <= 1 or n <= 1:
+    samples = y.var.shape[0] if y.var.dim() == (2 if y.axis is not None else 1) else 1
+    if samples <= 1 or n <= 1:
         return y
+    x = x.collapse()
     fourth = 3 * x.var ** 2 + 6 * x.mean ** 2 * x.var + x.mean ** 4
     kappa = (fourth / x.second.clamp_min(1e-300) ** 2 - 1).clamp_min(0.0)
-    g = (1 + (kappa / n).sqrt() * ctx.normal(y.var.numel())).clamp_min(0.05)
-    return moments(y.mean * g.sqrt(), y.var * g, y.shared * g)
+    g = (1 + (kappa / n).sqrt() * ctx.normal(samples)).clamp_min(0.05)
+    g = g.reshape(-1, 1) if y.axis is not None else g
+    return y.like(y.mean * g.sqrt(), y.var * g, y.shared * g)
 
 
 def functional_layer(ctx: MapContext) -> Moments:
@@ -99,10 +115,16 @@ def embedding(ctx: MapContext) -> Moments:
     return ctx.layers.output(name, constant(ctx.layers.embedding(name, ctx.module)))
 
 
-def channel_affine(x: Moments, a: torch.Tensor, b: Optional[torch.Tensor]) -> Moments:
-    """y_c = a_c x + b_c per channel (or per element of a LayerNorm's shape), pooled."""
+def channel_affine(x: Moments, a: torch.Tensor, b: Optional[torch.Tensor],
+                   axis: Optional[int]) -> Moments:
+    """y_c = a_c x_c + b_c per channel (or per element of a LayerNorm's shape): per channel
+    along `axis` when the sizes match, else pooled (the spread of b_c and a_c mu to shared)."""
     a = a.detach().double().cpu().reshape(-1)
     b = torch.zeros_like(a) if b is None else b.detach().double().cpu().reshape(-1)
+    if axis is not None and (x.axis in (None, axis)) and x.channels in (1, a.numel()):
+        mean, var, shared = x.per_channel()
+        return moments(mean * a + b, var * a ** 2, shared * a ** 2, axis)
+    x = x.collapse()
     mean_c = x.mean.reshape(-1, 1) * a + b                           # (S, C)
     spread = mean_c.var(-1, unbiased=False).reshape(x.mean.shape)
     a2 = a.pow(2).mean()
@@ -115,31 +137,45 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm
 
 
 def norm_layer(ctx: MapContext) -> Moments:
-    """Batch norm with batch statistics: each sample minus the batch mean, over the batch std.
-    Eval-mode batch norm with running statistics: the per-channel affine map they define.
-    Layer/group/instance norm: every sample to (0, 1); RMSNorm: to second moment 1. Then
-    weight and bias. The shared fraction of each sample's variance is kept."""
+    """Batch norm with batch statistics: each channel of each sample minus the channel's batch
+    mean, over its batch std. Eval-mode batch norm with running statistics: the per-channel
+    affine map they define. Layer/group/instance norm: every sample to (0, 1); RMSNorm: to
+    second moment 1. Then weight and bias. The shared fraction of each sample's variance is
+    kept."""
     m, x = ctx.module, ctx.first()
-    frac = torch.where(x.var > 0, x.shared / x.var.clamp_min(1e-300), torch.zeros_like(x.var))
+    shape = ctx.out_shape
+    ndim = len(shape) if isinstance(shape, tuple) else 0
+    batch_norm = isinstance(m, nn.modules.batchnorm._BatchNorm)
+    per_last = isinstance(m, nn.LayerNorm) or hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm)
+    axis = None if ndim < 2 else ndim - 1 if per_last else 1
+    weight = getattr(m, "weight", None)
+    if axis is not None and weight is not None and weight.numel() != shape[axis]:
+        axis = None                            # an affine over several dims: pooled
     running = getattr(m, "running_mean", None)
     if running is not None and not m.training:
         a = (m.running_var.double().cpu() + m.eps).rsqrt()
-        y = channel_affine(x, a, -running.double().cpu() * a)
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        mean, var = x.pooled()
-        scale = 1 / math.sqrt(var) if var > 0 else 0.0
-        y = moments((x.mean - mean) * scale, x.var * scale ** 2, x.shared * scale ** 2)
-    elif hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm):
-        mean = x.mean / x.second.clamp_min(1e-300).sqrt()
-        y = moments(mean, 1 - mean ** 2, frac * (1 - mean ** 2))
+        y = channel_affine(x, a, -running.double().cpu() * a, axis)
+    elif batch_norm:
+        if x.axis != axis:
+            x = x.collapse()
+        mean = x.mean.mean(0) if x.mean.dim() else x.mean            # per channel over samples
+        var = (x.second.mean(0) if x.mean.dim() else x.second) - mean ** 2
+        scale = torch.where(var > 0, var.clamp_min(1e-300).rsqrt(), torch.zeros_like(var))
+        y = x.like((x.mean - mean) * scale, x.var * scale ** 2, x.shared * scale ** 2)
     else:
-        y = moments(torch.zeros_like(x.var), torch.ones_like(x.var), frac)
-    weight = getattr(m, "weight", None)
+        x = x.collapse()
+        frac = torch.where(x.var > 0, x.shared / x.var.clamp_min(1e-300),
+                           torch.zeros_like(x.var))
+        if hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm):
+            mean = x.mean / x.second.clamp_min(1e-300).sqrt()
+            y = moments(mean, 1 - mean ** 2, frac * (1 - mean ** 2))
+        else:
+            y = moments(torch.zeros_like(x.var), torch.ones_like(x.var), frac)
     if weight is None:
         return y
     bias = getattr(m, "bias", None)
     return channel_affine(y, ctx.layers.value(weight), None if bias is None else
-                          ctx.layers.value(bias))
+                          ctx.layers.value(bias), axis)
 
 
 def dropout_moments(x: Moments, p: float, channelwise: bool) -> Moments:
@@ -149,7 +185,7 @@ def dropout_moments(x: Moments, p: float, channelwise: bool) -> Moments:
         return moments(0.0, 0.0)
     var = x.second / (1 - p) - x.mean ** 2
     shared = (x.shared + x.mean ** 2) / (1 - p) - x.mean ** 2 if channelwise else x.shared
-    return moments(x.mean, var, shared)
+    return x.like(x.mean, var, shared)
 
 
 def dropout_module(ctx: MapContext) -> Moments:
@@ -178,3 +214,5 @@ for _t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout
     register_moment_map(_t, dropout_module)
 for _t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
     register_moment_map(_t, dropout_function)
+CHANNEL_MAPS.update({weighted_layer, functional_layer, norm_layer, dropout_module,
+                     dropout_function})

@@ -10,7 +10,15 @@ over positions (global average pooling) is predicted right: a mean over k positi
 `shared + (var - shared) / k`, where the paper's i.i.d. Monte Carlo gives `var / k`, which is far
 too small for real feature maps (the channel offsets a nonzero-mean input causes never average
 out). Every map takes a `MapContext` and returns `Moments` (or a tuple of them, or None for a
-non-tensor value). The maps themselves: `autoinit_ops.py` (elementwise functions, arithmetic,
+non-tensor value).
+
+Per channel: a weighted layer's output units differ (each has its own mean `mu * sum_i w_ji`
+and gain), and a concatenation joins channels of different scales. Pooled into one (mean, var)
+those differences are lost, yet a ReLU turns them into channel offsets (a channel of variance v
+has mean sqrt(v / 2 pi) after it) that grow through a DenseNet. So Moments may carry one entry
+per channel: tensors of shape (S, C), `axis` the channel dim of the real tensor. Maps in
+`CHANNEL_MAPS` take them; every other map (and every user map) gets the channels pooled
+(`collapse`: the spread of the channel means goes to `shared`, as before). The maps themselves: `autoinit_ops.py` (elementwise functions, arithmetic,
 concatenation, shape operations), `autoinit_layers.py` (weighted layers, normalization, dropout)
 and `autoinit_pooling.py` (pooling, softmax, attention, padding).
 
@@ -33,10 +41,12 @@ from torch import fx, nn
 @dataclass(frozen=True)
 class Moments:
     """Statistics of a tensor, per sample: float64 tensors of shape (S,) (or 0-dim, shared by
-    all samples). `pooled()` gives the (mean, variance) of all the elements together."""
+    all samples); with `axis` set, of shape (S, C) (or (1, C)), one entry per channel, `axis`
+    the channel dim of the tensor. `pooled()` gives the (mean, variance) of all the elements."""
     mean: torch.Tensor
     var: torch.Tensor
     shared: torch.Tensor   # part of var constant across positions of one (sample, channel)
+    axis: Optional[int] = None
 
     @property
     def second(self) -> torch.Tensor:
@@ -46,6 +56,10 @@ class Moments:
     def local(self) -> torch.Tensor:
         return (self.var - self.shared).clamp_min(0.0)
 
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[-1] if self.axis is not None else 1
+
     def pooled(self) -> tuple[float, float]:
         mean = float(self.mean.mean())
         return mean, max(float(self.second.mean()) - mean ** 2, 0.0)
@@ -53,16 +67,52 @@ class Moments:
     def is_constant(self) -> bool:
         return self.var.numel() == 1 and float(self.var.max()) == 0.0
 
+    def like(self, mean: "Scalar", var: "Scalar", shared: "Scalar") -> "Moments":
+        """New statistics with this one's channel layout (for maps that act per element)."""
+        return moments(mean, var, shared, self.axis)
+
+    def collapse(self) -> "Moments":
+        """The channels pooled: a mixture of equal weights (mean spread -> shared)."""
+        if self.axis is None:
+            return self
+        mean = self.mean.mean(-1)
+        shared = (self.shared + self.mean ** 2).mean(-1) - mean ** 2
+        return moments(mean, self.second.mean(-1) - mean ** 2, shared)
+
+    def per_channel(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, var, shared) with a trailing channel dim (size 1 without channels)."""
+        if self.axis is not None:
+            return self.mean, self.var, self.shared
+        return tuple(t.unsqueeze(-1) if t.dim() else t for t in (self.mean, self.var, self.shared))
+
 
 Scalar = Union[float, torch.Tensor]
 
 
-def moments(mean: Scalar, var: Scalar, shared: Scalar = 0.0) -> Moments:
-    """Moments with round-off clipped: var >= 0 and 0 <= shared <= var."""
+def moments(mean: Scalar, var: Scalar, shared: Scalar = 0.0,
+            axis: Optional[int] = None) -> Moments:
+    """Moments with round-off clipped: var >= 0 and 0 <= shared <= var; the three broadcast."""
     def t(v: Scalar) -> torch.Tensor:
         return torch.as_tensor(v, dtype=torch.float64)
-    var_t = t(var).clamp_min(0.0)
-    return Moments(t(mean), var_t, torch.minimum(t(shared).clamp_min(0.0), var_t))
+    mean_t, var_t, shared_t = torch.broadcast_tensors(t(mean), t(var).clamp_min(0.0),
+                                                      t(shared).clamp_min(0.0))
+    if axis is not None and mean_t.dim() == 0:
+        axis = None
+    return Moments(mean_t, var_t, torch.minimum(shared_t, var_t), axis)
+
+
+def align(a: Moments, b: Moments) -> Optional[tuple[tuple, tuple, Optional[int]]]:
+    """Two operands' (mean, var, shared), broadcastable channel by channel, and the axis; None
+    when their channels do not match (the caller collapses both)."""
+    if a.axis is None and b.axis is None:
+        return (a.mean, a.var, a.shared), (b.mean, b.var, b.shared), None
+    if a.axis is not None and b.axis is not None and (a.axis, a.channels) != (b.axis, b.channels):
+        return None
+    return a.per_channel(), b.per_channel(), a.axis if a.axis is not None else b.axis
+
+
+#: Maps that accept per-channel Moments; every other map gets them collapsed first.
+CHANNEL_MAPS: set = set()
 
 
 MomentMap = Callable[["MapContext"], Any]
@@ -193,20 +243,28 @@ def quadrature(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: in
     out_var = (w * y * y).sum(-1) - mean ** 2
     shape = torch.broadcast_shapes(x.mean.shape, x.var.shape)
     if float(x.shared.max()) <= 0:
-        return moments(mean.reshape(shape), out_var.reshape(shape), 0.0)
+        return x.like(mean.reshape(shape), out_var.reshape(shape), 0.0)
     z2, w2 = _hermite(min(points, 48))
     s, loc = x.shared.reshape(-1, 1, 1), x.local.reshape(-1, 1, 1)
-    grid = mu[..., None] + s.sqrt() * z2[:, None] + loc.sqrt() * z2[None, :]  # (S, n, n)
-    given_s = (apply(grid) * w2).sum(-1)                              # E[f | S = s_i], (S, n)
-    shared = (w2 * given_s ** 2).sum(-1) - (w2 * given_s).sum(-1) ** 2
-    return moments(mean.reshape(shape), out_var.reshape(shape), shared.reshape(shape))
+    shared = torch.empty(mu.shape[0], dtype=torch.float64)
+    for i in range(0, mu.shape[0], 2048):                            # rows in chunks: (R, n, n)
+        r = slice(i, i + 2048)
+        grid = mu[r, :, None] + s[r].sqrt() * z2[:, None] + loc[r].sqrt() * z2[None, :]
+        given_s = (apply(grid) * w2).sum(-1)                          # E[f | S = s_i], (R, n)
+        shared[r] = (w2 * given_s ** 2).sum(-1) - (w2 * given_s).sum(-1) ** 2
+    return x.like(mean.reshape(shape), out_var.reshape(shape), shared.reshape(shape))
 
 
 def product(a: Moments, b: Moments) -> Moments:
-    """x * y for independent x, y: E = mu_a mu_b, E[(xy)^2] = E x^2 E y^2."""
-    mean = a.mean * b.mean
-    shared = (a.mean ** 2 + a.shared) * (b.mean ** 2 + b.shared) - mean ** 2
-    return moments(mean, a.second * b.second - mean ** 2, shared)
+    """x * y for independent x, y: E = mu_a mu_b, E[(xy)^2] = E x^2 E y^2 (channel by
+    channel where both have the same channels)."""
+    both = align(a, b)
+    if both is None:
+        return product(a.collapse(), b.collapse())
+    (ma, va, sa), (mb, vb, sb), axis = both
+    mean = ma * mb
+    shared = (ma ** 2 + sa) * (mb ** 2 + sb) - mean ** 2
+    return moments(mean, (va + ma ** 2) * (vb + mb ** 2) - mean ** 2, shared, axis)
 
 
 def mixture(parts: list[Moments], weights: list[float]) -> Moments:
@@ -229,7 +287,7 @@ def border(x: Moments, fraction: float, value: float = 0.0) -> Moments:
         return x
     mean = fraction * x.mean + (1 - fraction) * value
     second = fraction * x.second + (1 - fraction) * value ** 2
-    return moments(mean, second - mean ** 2, fraction * x.shared)
+    return x.like(mean, second - mean ** 2, fraction * x.shared)
 
 
 def constant(value: Any) -> Optional[Moments]:

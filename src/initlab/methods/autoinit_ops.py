@@ -4,6 +4,7 @@ concatenation as a mixture, reshapes as the identity. See `autoinit_maps.py` for
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Callable, Optional, Union
 
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .autoinit_maps import (
+    CHANNEL_MAPS,
     MapContext,
     Moments,
+    align,
     constant,
     mixture,
     moments,
@@ -35,13 +38,31 @@ def register_elementwise(*targets: Union[type, str, Callable]) -> None:
         register_moment_map(t, elementwise)
 
 
+#: Shape operations that keep the elements' order (a channel dim keeps its channels).
+_ORDER_KEEPING = {nn.Identity, nn.Flatten, nn.Unflatten, torch.flatten, torch.reshape,
+                  torch.squeeze, torch.unsqueeze, torch.clone, "view", "reshape", "flatten",
+                  "unflatten", "squeeze", "unsqueeze", "contiguous", "clone", "detach", "to",
+                  "float", "double", "half", "type_as", "view_as"}
+
+
 def identity(ctx: MapContext) -> Any:
     """Shape operations (reshape, permute, indexing, ...): the statistics do not change.
-    Indexing a tuple of results picks that result's statistics."""
+    Indexing a tuple of results picks that result's statistics. Per-channel statistics follow
+    their channel dim through order-keeping reshapes; other shape operations pool them."""
     src = ctx.args[0] if ctx.args else None
     if isinstance(src, (tuple, list)) and ctx.node.target is operator.getitem:
         return src[ctx.args[1]]
-    return ctx.first()
+    x = ctx.first()
+    if x.axis is None:
+        return x
+    target = type(ctx.module) if ctx.module is not None else ctx.node.target
+    before, after = ctx.shape(ctx.raw_args[0]), ctx.out_shape
+    if target in _ORDER_KEEPING and isinstance(before, tuple) and isinstance(after, tuple):
+        lead = math.prod(before[:x.axis])          # elements before one channel index
+        for axis in range(len(after)):
+            if math.prod(after[:axis]) == lead and after[axis] == before[x.axis]:
+                return Moments(x.mean, x.var, x.shared, axis)
+    return x.collapse()
 
 
 def split(ctx: MapContext) -> Any:
@@ -63,15 +84,24 @@ def _same_node(ctx: MapContext) -> bool:
     return len(raw) > 1 and isinstance(raw[0], fx.Node) and raw[0] is raw[1]
 
 
+def _sum(a: Moments, b: Moments, alpha: float) -> Moments:
+    """a + alpha * b for independent a, b, channel by channel where the channels match."""
+    both = align(a, b)
+    if both is None:
+        return _sum(a.collapse(), b.collapse(), alpha)
+    (ma, va, sa), (mb, vb, sb), axis = both
+    return moments(ma + alpha * mb, va + alpha ** 2 * vb, sa + alpha ** 2 * sb, axis)
+
+
 def add(ctx: MapContext) -> Moments:
     a, b = _operands(ctx)
     alpha = ctx.kwargs.get("alpha", 1)
     if _same_node(ctx):  # x + x = 2x (fully correlated)
-        return moments((1 + alpha) * a.mean, (1 + alpha) ** 2 * a.var, (1 + alpha) ** 2 * a.shared)
+        return a.like((1 + alpha) * a.mean, (1 + alpha) ** 2 * a.var,
+                      (1 + alpha) ** 2 * a.shared)
     if a is None or b is None:
         return a or b
-    return moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
-                   a.shared + alpha ** 2 * b.shared)
+    return _sum(a, b, alpha)
 
 
 def sub(ctx: MapContext) -> Moments:
@@ -80,7 +110,7 @@ def sub(ctx: MapContext) -> Moments:
         return moments(0.0, 0.0)
     if a is None or b is None:
         return a or b
-    return moments(a.mean - b.mean, a.var + b.var, a.shared + b.shared)
+    return _sum(a, b, -1.0)
 
 
 def mul(ctx: MapContext) -> Moments:
@@ -95,23 +125,33 @@ def mul(ctx: MapContext) -> Moments:
 def div(ctx: MapContext) -> Moments:
     a, b = _operands(ctx)
     if b is not None and b.is_constant() and float(b.mean) != 0 and isinstance(ctx.args[0], Moments):
-        return moments(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2)
+        return a.like(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2)
     return elementwise(ctx)  # c / x: an elementwise function of x (raises if x / y)
 
 
 def neg(ctx: MapContext) -> Moments:
     x = ctx.first()
-    return Moments(-x.mean, x.var, x.shared)
+    return x.like(-x.mean, x.var, x.shared)
 
 
 def cat(ctx: MapContext) -> Moments:
+    """Concatenation along the channel dim joins the channels; along any other dim (and
+    stacking) the parts are pooled into a mixture."""
     parts = ctx.arg(0, "tensors")
     nodes = ctx.raw_args[0] if ctx.raw_args else ctx.node.kwargs["tensors"]
     dim = ctx.arg(1, "dim", 0)
     stack = ctx.node.target is torch.stack
-    sizes = [1.0 if stack else float(ctx.shape(n)[dim]) for n in nodes]
+    sizes = [1 if stack else ctx.shape(n)[dim] for n in nodes]
     known = [(p, s) for p, s in zip(parts, sizes) if isinstance(p, Moments)]
-    return mixture([p for p, _ in known], [s for _, s in known])
+    axis = dim % len(ctx.out_shape) if not stack and ctx.out_shape else None
+    axes = {p.axis for p, _ in known} - {None}
+    if len(known) == len(parts) and axes == {axis} and \
+            all(p.channels in (1, s) for p, s in known):
+        samples = max(t.shape[0] if t.dim() else 1 for p, _ in known for t in p.per_channel())
+        stats = [[t.reshape(-1, t.shape[-1] if t.dim() else 1).expand(samples, s)
+                  for t in p.per_channel()] for p, s in known]
+        return moments(*(torch.cat(ts, -1) for ts in zip(*stats)), axis=axis)
+    return mixture([p.collapse() for p, _ in known], [float(s) for _, s in known])
 
 
 register_elementwise(
@@ -145,3 +185,4 @@ for _t in (nn.Identity, nn.Flatten, nn.Unflatten, operator.getitem, torch.flatte
            "to", "float", "double", "half", "type_as", "narrow", "roll", "flip", "view_as",
            "unflatten", "movedim", torch.movedim):
     register_moment_map(_t, identity)
+CHANNEL_MAPS.update({elementwise, identity, add, sub, mul, div, neg, cat})

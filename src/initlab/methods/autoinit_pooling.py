@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoinit_maps import (
+    CHANNEL_MAPS,
     MapContext,
     Moments,
     border,
@@ -36,7 +37,7 @@ def _ratio(ctx: MapContext) -> int:
 
 def average(x: Moments, k: int) -> Moments:
     """Mean over k positions: the shared part stays, the local part shrinks by k."""
-    return moments(x.mean, x.shared + x.local / k, x.shared)
+    return x.like(x.mean, x.shared + x.local / k, x.shared)
 
 
 def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
@@ -45,7 +46,7 @@ def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
     if k <= 1:
         return x
     top = ctx.normal(max(1024, ctx.mc_samples), k).amax(1)
-    return moments(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared)
+    return x.like(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared)
 
 
 def _window(ctx: MapContext) -> int:
@@ -61,11 +62,29 @@ def pool(ctx: MapContext) -> Moments:
                               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
     name = type(m).__name__ if m is not None else getattr(t, "__name__", str(t))
     k = _ratio(ctx) if adaptive or name in ("mean", "sum") or "adaptive" in name else _window(ctx)
-    x = ctx.first()
+    x = _reduced(ctx, ctx.first(), name in ("mean", "sum"))
     if "max" in name.lower():
         return maximum(ctx, x, k)
     y = average(x, k)
-    return moments(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
+    return y.like(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
+
+
+def _reduced(ctx: MapContext, x: Moments, over_dims: bool) -> Moments:
+    """x with its channel dim where it is after the reduction: pooling keeps every dim; a mean
+    or sum over `dim` drops those dims (unless keepdim) and pools the channels if it takes
+    the channel dim itself."""
+    if x.axis is None or not over_dims:
+        return x
+    shape = ctx.shape(ctx.raw_args[0])
+    dims = ctx.arg(1, "dim")
+    if dims is None or not isinstance(shape, tuple):
+        return x.collapse()
+    dims = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+    if x.axis in dims:
+        return x.collapse()
+    keep = ctx.arg(2, "keepdim", False)
+    axis = x.axis - (0 if keep else sum(d < x.axis for d in dims))
+    return Moments(x.mean, x.var, x.shared, axis)
 
 
 def softmax(ctx: MapContext) -> Moments:
@@ -149,7 +168,7 @@ def pad(ctx: MapContext) -> Moments:
     grown = {len(src) - 1 - i // 2 for i, w in enumerate(widths) if w}
     if grown and min(grown) >= 2:  # spatial padding only: the fill varies over positions
         return border(ctx.first(), frac, float(value))
-    return mixture([ctx.first(), moments(float(value), 0.0)], [frac, 1 - frac])
+    return mixture([ctx.first().collapse(), moments(float(value), 0.0)], [frac, 1 - frac])
 
 
 for _t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -169,3 +188,4 @@ for _t in (torch.matmul, torch.bmm, "matmul", "bmm", operator.matmul):
 register_moment_map(F.scaled_dot_product_attention, attention)
 for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d, F.pad):
     register_moment_map(_t, pad)
+CHANNEL_MAPS.update({pool, pad})
