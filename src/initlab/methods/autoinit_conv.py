@@ -17,11 +17,13 @@ per class from the drawn weights, weighted by the class's size.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
 from torch import fx
 
+from . import autoinit_spatial as spatial
 from .autoinit_maps import MapContext, Moments, border, find_map, moments
 from .autoinit_ops import elementwise, identity
 
@@ -180,6 +182,14 @@ def conv_moments(ctx: MapContext, m: Any, x: Moments, reads: Optional[tuple],
         _record_profile(ctx, x, w, reads)
     mu, loc, sh = channel_rows(x, cin)                             # (S, in) each
     local = loc @ (w.pow(2) * r).sum(2).T                          # (S, out)
+    # neighbouring inputs correlated: the t != t' terms, relative to the diagonal, per unit
+    rho_in = x.rho if x.rho is not None and x.rho.shape[0] == cin and \
+        x.rho.dim() - 1 == len(m.kernel_size) else None
+    loc_c = loc.mean(0)
+    cross, rho = spatial.conv(w, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation),
+                              loc_c, rho_in)
+    diag = (w.pow(2).sum(2) * loc_c).sum(1)                        # (out,)
+    local = local * (1 + cross / diag.clamp_min(1e-300))
     a_sum, a_sq, shared, total = 0.0, 0.0, 0.0, 0.0
     for mask, n in classes:
         s = (w * mask).sum(2)                                      # (out, in): S_jc here
@@ -190,7 +200,8 @@ def conv_moments(ctx: MapContext, m: Any, x: Moments, reads: Optional[tuple],
     a_bar, shared = a_sum / total, shared / total
     positional = (a_sq / total - a_bar ** 2).clamp_min(0.0)       # A_j over positions
     b = 0.0 if bias is None else bias.detach().double().cpu()
-    return moments(a_bar + b, local + shared + positional, shared, axis)
+    y = moments(a_bar + b, local + shared + positional, shared, axis)
+    return replace(y, rho=rho) if y.axis is not None else y
 
 
 def _classes_of(real: torch.Tensor) -> list[tuple[torch.Tensor, float]]:

@@ -185,7 +185,7 @@ def dropout_moments(x: Moments, p: float, channelwise: bool) -> Moments:
         return moments(0.0, 0.0)
     var = x.second / (1 - p) - x.mean ** 2
     shared = (x.shared + x.mean ** 2) / (1 - p) - x.mean ** 2 if channelwise else x.shared
-    return x.like(x.mean, var, shared)
+    return x.like(x.mean, var, shared, keep_rho=False)
 
 
 def dropout_module(ctx: MapContext) -> Moments:

@@ -29,7 +29,7 @@ User maps: `register_moment_map(MyModule, fn)`, `register_moment_map(my_function
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Callable, Optional, Union
 
@@ -47,6 +47,7 @@ class Moments:
     var: torch.Tensor
     shared: torch.Tensor   # part of var constant across positions of one (sample, channel)
     axis: Optional[int] = None
+    rho: Optional[torch.Tensor] = None  # spatial correlation per channel (autoinit_spatial)
 
     @property
     def second(self) -> torch.Tensor:
@@ -67,9 +68,19 @@ class Moments:
     def is_constant(self) -> bool:
         return self.var.numel() == 1 and float(self.var.max()) == 0.0
 
-    def like(self, mean: "Scalar", var: "Scalar", shared: "Scalar") -> "Moments":
-        """New statistics with this one's channel layout (for maps that act per element)."""
-        return moments(mean, var, shared, self.axis)
+    def like(self, mean: "Scalar", var: "Scalar", shared: "Scalar",
+             keep_rho: bool = True) -> "Moments":
+        """New statistics with this one's channel layout (for maps that act per element) and,
+        unless told otherwise, its spatial correlation."""
+        y = moments(mean, var, shared, self.axis)
+        return replace(y, rho=self.rho) if keep_rho and y.axis is not None else y
+
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, local, shared) per channel, averaged over samples: (C,) each."""
+        stats = (self.mean, self.local, self.shared)
+        if self.axis is None:
+            return tuple(t.mean().reshape(1) for t in stats)
+        return tuple(t.reshape(-1, t.shape[-1]).mean(0) for t in stats)
 
     def collapse(self) -> "Moments":
         """The channels pooled: a mixture of equal weights (mean spread -> shared)."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import autoinit_spatial as spatial
 from .autoinit_maps import (
     CHANNEL_MAPS,
     MapContext,
@@ -28,8 +30,16 @@ from .autoinit_maps import (
 
 # -- generic maps ---------------------------------------------------------------------------------
 def elementwise(ctx: MapContext) -> Moments:
-    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation."""
-    return quadrature(ctx.evaluate, ctx.first(), ctx.quadrature_points)
+    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation
+    (and the spatial correlation of f(x) from x's, `autoinit_spatial`)."""
+    x = ctx.first()
+    y = quadrature(ctx.evaluate, x, ctx.quadrature_points)
+    if x.rho is None or y.axis is None:
+        return replace(y, rho=None)
+    mean, local, shared = x.channel_stats()
+    _, y_local, y_shared = y.channel_stats()
+    return replace(y, rho=spatial.elementwise(ctx.evaluate, mean, local, shared, x.rho,
+                                              y_local, y_shared))
 
 
 def register_elementwise(*targets: Union[type, str, Callable]) -> None:
@@ -61,7 +71,8 @@ def identity(ctx: MapContext) -> Any:
         lead = math.prod(before[:x.axis])          # elements before one channel index
         for axis in range(len(after)):
             if math.prod(after[:axis]) == lead and after[axis] == before[x.axis]:
-                return Moments(x.mean, x.var, x.shared, axis)
+                same_map = tuple(after[axis + 1:]) == tuple(before[x.axis + 1:])
+                return Moments(x.mean, x.var, x.shared, axis, x.rho if same_map else None)
     return x.collapse()
 
 
@@ -90,7 +101,12 @@ def _sum(a: Moments, b: Moments, alpha: float) -> Moments:
     if both is None:
         return _sum(a.collapse(), b.collapse(), alpha)
     (ma, va, sa), (mb, vb, sb), axis = both
-    return moments(ma + alpha * mb, va + alpha ** 2 * vb, sa + alpha ** 2 * sb, axis)
+    y = moments(ma + alpha * mb, va + alpha ** 2 * vb, sa + alpha ** 2 * sb, axis)
+    rho = a.rho if a.rho is not None else b.rho
+    if y.axis is None or rho is None:
+        return y
+    la, lb = a.channel_stats()[1], b.channel_stats()[1] * alpha ** 2
+    return replace(y, rho=spatial.mix(la, a.rho, lb, b.rho, rho.dim() - 1))
 
 
 def add(ctx: MapContext) -> Moments:
@@ -150,7 +166,13 @@ def cat(ctx: MapContext) -> Moments:
         samples = max(t.shape[0] if t.dim() else 1 for p, _ in known for t in p.per_channel())
         stats = [[t.reshape(-1, t.shape[-1] if t.dim() else 1).expand(samples, s)
                   for t in p.per_channel()] for p, s in known]
-        return moments(*(torch.cat(ts, -1) for ts in zip(*stats)), axis=axis)
+        y = moments(*(torch.cat(ts, -1) for ts in zip(*stats)), axis=axis)
+        rhos = [p.rho for p, _ in known if p.rho is not None]
+        if not rhos or any(r.dim() != rhos[0].dim() for r in rhos):
+            return y
+        dims = rhos[0].dim() - 1
+        return replace(y, rho=torch.cat([p.rho if p.rho is not None and p.rho.shape[0] == s
+                                         else spatial.white(s, dims) for p, s in known]))
     return mixture([p.collapse() for p, _ in known], [float(s) for _, s in known])
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import autoinit_spatial as spatial
 from .autoinit_maps import (
     CHANNEL_MAPS,
     MapContext,
@@ -35,9 +37,10 @@ def _ratio(ctx: MapContext) -> int:
     return max(1, round(_numel(src) / max(1, _numel(out))))
 
 
-def average(x: Moments, k: int) -> Moments:
-    """Mean over k positions: the shared part stays, the local part shrinks by k."""
-    return x.like(x.mean, x.shared + x.local / k, x.shared)
+def average(x: Moments, k: int, factor: Any = 1.0) -> Moments:
+    """Mean over k positions: the shared part stays, the local part shrinks by k (times
+    `factor` for correlated positions, `autoinit_spatial.average_factor`)."""
+    return x.like(x.mean, x.shared + x.local * factor / k, x.shared, keep_rho=False)
 
 
 def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
@@ -46,7 +49,8 @@ def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
     if k <= 1:
         return x
     top = ctx.normal(max(1024, ctx.mc_samples), k).amax(1)
-    return x.like(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared)
+    return x.like(x.mean + x.local.sqrt() * top.mean(), x.shared + x.local * top.var(), x.shared,
+                  keep_rho=False)
 
 
 def _window(ctx: MapContext) -> int:
@@ -65,8 +69,27 @@ def pool(ctx: MapContext) -> Moments:
     x = _reduced(ctx, ctx.first(), name in ("mean", "sum"))
     if "max" in name.lower():
         return maximum(ctx, x, k)
-    y = average(x, k)
+    kernel = None if adaptive or name in ("mean", "sum") or "adaptive" in name else \
+        (m.kernel_size if m is not None else ctx.arg(1, "kernel_size"))
+    y = average(x, k, _correlated(ctx, ctx.first(), kernel) if x.axis is not None else 1.0)
     return y.like(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
+
+
+def _correlated(ctx: MapContext, x: Moments, kernel: Any) -> Any:
+    """How much more the local part of a mean over the window keeps than 1 / positions,
+    per channel, from the spatial correlation of x: a pooling kernel's window, or the whole
+    map for a global mean (1 for anything else, or without a correlation)."""
+    if x.rho is None:
+        return 1.0
+    dims = x.rho.dim() - 1
+    src, out = ctx.shape(ctx.raw_args[0]), ctx.out_shape
+    if kernel is not None:
+        window = tuple(kernel) if isinstance(kernel, (tuple, list)) else (int(kernel),) * dims
+    elif isinstance(src, tuple) and _numel(src) == _numel(out) * _numel(src[-dims:]):
+        window = tuple(src[-dims:])                    # every position of the map
+    else:
+        return 1.0
+    return spatial.average_factor(x.rho, window) if len(window) == dims else 1.0
 
 
 def _reduced(ctx: MapContext, x: Moments, over_dims: bool) -> Moments:
