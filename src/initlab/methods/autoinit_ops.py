@@ -67,6 +67,9 @@ def identity(ctx: MapContext) -> Any:
         return x
     target = type(ctx.module) if ctx.module is not None else ctx.node.target
     before, after = ctx.shape(ctx.raw_args[0]), ctx.out_shape
+    moved = _moved_axis(ctx, x.axis, len(before) if isinstance(before, tuple) else 0)
+    if moved is not None:
+        return Moments(x.mean, x.var, x.shared, moved)
     if target in _ORDER_KEEPING and isinstance(before, tuple) and isinstance(after, tuple):
         lead = math.prod(before[:x.axis])          # elements before one channel index
         for axis in range(len(after)):
@@ -74,6 +77,20 @@ def identity(ctx: MapContext) -> Any:
                 same_map = tuple(after[axis + 1:]) == tuple(before[x.axis + 1:])
                 return Moments(x.mean, x.var, x.shared, axis, x.rho if same_map else None)
     return x.collapse()
+
+
+def _moved_axis(ctx: MapContext, axis: int, ndim: int) -> Optional[int]:
+    """Where permute / transpose put the channel dim (None for other operations)."""
+    name = getattr(ctx.node.target, "__name__", str(ctx.node.target))
+    rest = [a for a in ctx.raw_args[1:]]
+    if name == "permute" and ndim:
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        dims = [int(d) % ndim for d in dims] if all(isinstance(d, int) for d in dims) else []
+        return dims.index(axis) if len(dims) == ndim else None
+    if name == "transpose" and ndim and len(rest) == 2 and all(isinstance(d, int) for d in rest):
+        a, b = (int(d) % ndim for d in rest)
+        return b if axis == a else a if axis == b else axis
+    return None
 
 
 def split(ctx: MapContext) -> Any:

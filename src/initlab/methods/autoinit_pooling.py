@@ -66,12 +66,13 @@ def pool(ctx: MapContext) -> Moments:
                               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
     name = type(m).__name__ if m is not None else getattr(t, "__name__", str(t))
     k = _ratio(ctx) if adaptive or name in ("mean", "sum") or "adaptive" in name else _window(ctx)
-    x = _reduced(ctx, ctx.first(), name in ("mean", "sum"))
+    x, folded = _reduced(ctx, ctx.first(), name in ("mean", "sum"))
     if "max" in name.lower():
         return maximum(ctx, x, k)
     kernel = None if adaptive or name in ("mean", "sum") or "adaptive" in name else \
         (m.kernel_size if m is not None else ctx.arg(1, "kernel_size"))
-    y = average(x, k, _correlated(ctx, ctx.first(), kernel) if x.axis is not None else 1.0)
+    factor = _correlated(ctx, ctx.first(), kernel) if x.axis is not None else 1.0
+    y = average(x, max(1, k // folded), factor)
     return y.like(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y
 
 
@@ -92,22 +93,25 @@ def _correlated(ctx: MapContext, x: Moments, kernel: Any) -> Any:
     return spatial.average_factor(x.rho, window) if len(window) == dims else 1.0
 
 
-def _reduced(ctx: MapContext, x: Moments, over_dims: bool) -> Moments:
-    """x with its channel dim where it is after the reduction: pooling keeps every dim; a mean
-    or sum over `dim` drops those dims (unless keepdim) and pools the channels if it takes
-    the channel dim itself."""
+def _reduced(ctx: MapContext, x: Moments, over_dims: bool) -> tuple[Moments, int]:
+    """x with its channel dim where it is after the reduction, and how many channels it has
+    averaged already: pooling keeps every dim; a mean or sum over `dim` drops those dims
+    (unless keepdim); over the channel dim itself it averages the channels here (independent:
+    their variances over C^2, their mean offsets cancel)."""
     if x.axis is None or not over_dims:
-        return x
+        return x, 1
     shape = ctx.shape(ctx.raw_args[0])
     dims = ctx.arg(1, "dim")
     if dims is None or not isinstance(shape, tuple):
-        return x.collapse()
+        return x.collapse(), 1
     dims = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
     if x.axis in dims:
-        return x.collapse()
+        c = x.channels
+        shared = x.shared.mean(-1) / c
+        return moments(x.mean.mean(-1), shared + x.local.mean(-1) / c, shared), c
     keep = ctx.arg(2, "keepdim", False)
     axis = x.axis - (0 if keep else sum(d < x.axis for d in dims))
-    return Moments(x.mean, x.var, x.shared, axis)
+    return Moments(x.mean, x.var, x.shared, axis), 1
 
 
 def softmax(ctx: MapContext) -> Moments:
