@@ -15,6 +15,9 @@ Where initlab departs from the paper (whose code is TensorFlow-only; ours is wri
 formulas), and why:
 - A third statistic, the variance shared across positions, makes global average pooling come
   out right (see `autoinit_maps.py`); zero padding of convolutions is counted.
+- Statistics are kept per channel where the channel dim can be followed (each output unit of
+  a layer has its own mean and gain; a ReLU turns their differences into channel offsets), and
+  with each channel's spatial correlation over nearby positions (`autoinit_spatial.py`).
 - Downstream statistics use the weights actually drawn, not their expectation, so a layer
   corrects the sampling error of the layers before it.
 - Besides the paper's i.i.d. normal (default) and uniform weights, `distribution="orthogonal"`
@@ -247,8 +250,8 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
             continue
         fn = find_map(node, module)
         per_channel = fn in CHANNEL_MAPS        # else channels pooled: see autoinit_maps
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _pooled_unless(
-            est.get(n.name), per_channel))
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n, keep=per_channel:
+                                       _pooled_unless(est.get(n.name), keep))
         ctx = MapContext(node, module, args, kwargs, shapes, layers, cfg.quadrature_points,
                          cfg.mc_samples, gen)
         try:

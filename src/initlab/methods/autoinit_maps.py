@@ -18,9 +18,12 @@ those differences are lost, yet a ReLU turns them into channel offsets (a channe
 has mean sqrt(v / 2 pi) after it) that grow through a DenseNet. So Moments may carry one entry
 per channel: tensors of shape (S, C), `axis` the channel dim of the real tensor. Maps in
 `CHANNEL_MAPS` take them; every other map (and every user map) gets the channels pooled
-(`collapse`: the spread of the channel means goes to `shared`, as before). The maps themselves: `autoinit_ops.py` (elementwise functions, arithmetic,
-concatenation, shape operations), `autoinit_layers.py` (weighted layers, normalization, dropout)
-and `autoinit_pooling.py` (pooling, softmax, attention, padding).
+(`collapse`: the spread of the channel means goes to `shared`, as before). Feature maps also
+carry `rho`, each channel's correlation between nearby positions (`autoinit_spatial.py`).
+
+The maps themselves: `autoinit_ops.py` (elementwise functions, arithmetic, concatenation, shape
+operations), `autoinit_layers.py` (weighted layers, normalization, dropout) and
+`autoinit_pooling.py` (pooling, softmax, attention, padding).
 
 User maps: `register_moment_map(MyModule, fn)`, `register_moment_map(my_function, fn)`,
 `register_moment_map("method_name", fn)`, or `register_elementwise(fn_or_module_type)`
