@@ -256,7 +256,7 @@ def quadrature(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: in
     mean = (w * y).sum(-1)
     out_var = (w * y * y).sum(-1) - mean ** 2
     shape = torch.broadcast_shapes(x.mean.shape, x.var.shape)
-    if float(x.shared.max()) <= 0:
+    if float((x.shared / x.var.clamp_min(1e-300)).max()) <= 1e-12:   # none (round-off aside)
         return x.like(mean.reshape(shape), out_var.reshape(shape), 0.0)
     z2, w2 = _hermite(min(points, 48))
     s, loc = x.shared.reshape(-1, 1, 1), x.local.reshape(-1, 1, 1)
@@ -277,7 +277,7 @@ def product(a: Moments, b: Moments) -> Moments:
         return product(a.collapse(), b.collapse())
     (ma, va, sa), (mb, vb, sb), axis = both
     mean = ma * mb
-    shared = (ma ** 2 + sa) * (mb ** 2 + sb) - mean ** 2
+    shared = ma ** 2 * sb + mb ** 2 * sa + sa * sb      # exactly 0 when neither has a shared part
     return moments(mean, (va + ma ** 2) * (vb + mb ** 2) - mean ** 2, shared, axis)
 
 
