@@ -139,8 +139,8 @@ def dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def channel_rows(x: Moments, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x's (mean, local, shared) as (S, channels) rows (a value without channels repeated)."""
-    mean, _, shared = x.per_channel()
-    local = x.local if x.axis is not None else x.local.unsqueeze(-1) if x.local.dim() else x.local
+    mean, var, shared = x.per_channel()
+    local = (var - shared).clamp_min(0.0)
 
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1, t.shape[-1] if t.dim() else 1).expand(-1, channels)

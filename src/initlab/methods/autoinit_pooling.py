@@ -53,24 +53,22 @@ def maximum(ctx: MapContext, x: Moments, k: int) -> Moments:
                   keep_rho=False)
 
 
-def _window(ctx: MapContext) -> int:
-    m = ctx.module
-    k = m.kernel_size if m is not None else ctx.arg(1, "kernel_size")
-    return math.prod(k) if isinstance(k, (tuple, list)) else int(k) ** (len(ctx.out_shape) - 2)
-
-
 def pool(ctx: MapContext) -> Moments:
     """Average/max pooling, adaptive or with a kernel, module or function; means and sums."""
     m, t = ctx.module, ctx.node.target
     adaptive = isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
     name = type(m).__name__ if m is not None else getattr(t, "__name__", str(t))
-    k = _ratio(ctx) if adaptive or name in ("mean", "sum") or "adaptive" in name else _window(ctx)
+    kernel = None if adaptive or name in ("mean", "sum") or "adaptive" in name else \
+        (m.kernel_size if m is not None else ctx.arg(1, "kernel_size"))
+    if kernel is None:
+        k = _ratio(ctx)
+    else:
+        k = math.prod(kernel) if isinstance(kernel, (tuple, list)) else \
+            int(kernel) ** (len(ctx.out_shape) - 2)
     x, folded = _reduced(ctx, ctx.first(), name in ("mean", "sum"))
     if "max" in name.lower():
         return maximum(ctx, x, k)
-    kernel = None if adaptive or name in ("mean", "sum") or "adaptive" in name else \
-        (m.kernel_size if m is not None else ctx.arg(1, "kernel_size"))
     factor = _correlated(ctx, ctx.first(), kernel) if x.axis is not None else 1.0
     y = average(x, max(1, k // folded), factor)
     return y.like(k * y.mean, k * k * y.var, k * k * y.shared) if name == "sum" else y

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .autoinit_maps import _hermite
+
 RADIUS = 2
 
 
@@ -78,9 +80,7 @@ def elementwise(f: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
     """rho of f(x) per channel: E[f(X) f(Y)] for X, Y normal with the channel's mean and
     variance and correlation (shared + local rho) / (shared + local), by a 2-d Gauss-Hermite
     rule; minus E[f]^2 and the output's shared part, over its local variance. All (C,)."""
-    import numpy as np
-    z, wz = np.polynomial.hermite_e.hermegauss(points)
-    z, wz = torch.from_numpy(z), torch.from_numpy(wz / math.sqrt(2 * math.pi))
+    z, wz = _hermite(points)
     c = rho.shape[0]
     total = (shared + local).reshape(c, 1)
     kappa = ((shared.reshape(c, 1) + local.reshape(c, 1) * rho.reshape(c, -1))
