@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from . import autoinit_shape as shapes
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -51,6 +53,7 @@ class Moments:
     shared: torch.Tensor   # part of var constant across positions of one (sample, channel)
     axis: Optional[int] = None
     rho: Optional[torch.Tensor] = None  # spatial correlation per channel (autoinit_spatial)
+    shape: Optional[torch.Tensor] = None  # distribution per channel, None normal (autoinit_shape)
 
     @property
     def second(self) -> torch.Tensor:
@@ -72,10 +75,10 @@ class Moments:
         return self.var.numel() == 1 and float(self.var.max()) == 0.0
 
     def like(self, mean: "Scalar", var: "Scalar", shared: "Scalar",
-             keep_rho: bool = True) -> "Moments":
+             keep_rho: bool = True, shape: Optional[torch.Tensor] = None) -> "Moments":
         """New statistics with this one's channel layout (for maps that act per element) and,
-        unless told otherwise, its spatial correlation."""
-        y = moments(mean, var, shared, self.axis)
+        unless told otherwise, its spatial correlation; normal unless given a `shape`."""
+        y = replace(moments(mean, var, shared, self.axis), shape=shape)
         return replace(y, rho=self.rho) if keep_rho and y.axis is not None else y
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,7 +94,16 @@ class Moments:
             return self
         mean = self.mean.mean(-1)
         shared = (self.shared + self.mean ** 2).mean(-1) - mean ** 2
-        return moments(mean, self.second.mean(-1) - mean ** 2, shared)
+        y = moments(mean, self.second.mean(-1) - mean ** 2, shared)
+        if self.shape is None:
+            return y
+        c_mean, c_local, c_shared = self.channel_stats()
+        return replace(y, shape=shapes.mixed(self.shape, c_mean, (c_local + c_shared).sqrt()))
+
+    def sd(self) -> torch.Tensor:
+        """Standard deviation per channel, averaged over samples: (C,)."""
+        _, local, shared = self.channel_stats()
+        return (local + shared).sqrt()
 
     def per_channel(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, var, shared) with a trailing channel dim (size 1 without channels)."""
@@ -246,15 +258,21 @@ def _hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quadrature(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int) -> Moments:
     """Moments of f(X), X ~ N(x.mean, x.var), per sample: Gauss-Hermite in one dimension for
-    (mean, var); for `shared`, X = mean + S + L with S ~ N(0, shared), L ~ N(0, local), and
-    shared(f(X)) = Var_S E_L[f(X) | S], by a product rule over (S, L)."""
+    (mean, var), corrected for x's shape when it is not normal; for `shared`, X = mean + S + L
+    with S ~ N(0, shared), L ~ N(0, local), and shared(f(X)) = Var_S E_L[f(X) | S], by a
+    product rule over (S, L)."""
     def apply(z: torch.Tensor) -> torch.Tensor:  # f on a flat float64 tensor, shape kept
         return f(z.reshape(-1)).reshape(z.shape)
     mu, var = x.mean.reshape(-1, 1), x.var.reshape(-1, 1)          # (S, 1)
     z, w = _hermite(points)
     y = apply(mu + var.sqrt() * z)                                   # (S, points)
     mean = (w * y).sum(-1)
-    out_var = (w * y * y).sum(-1) - mean ** 2
+    second = (w * y * y).sum(-1)
+    if x.shape is not None:  # not normal: corrected by the particles (autoinit_shape)
+        rows = x.shape.shape[0]
+        dm, ds = shapes.correction(apply, x.shape, mu.reshape(-1, rows), var.reshape(-1, rows))
+        mean, second = mean + dm.reshape(-1), second + ds.reshape(-1)
+    out_var = second - mean ** 2
     shape = torch.broadcast_shapes(x.mean.shape, x.var.shape)
     if float((x.shared / x.var.clamp_min(1e-300)).max()) <= 1e-12:   # none (round-off aside)
         return x.like(mean.reshape(shape), out_var.reshape(shape), 0.0)

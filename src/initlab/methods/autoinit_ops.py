@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import autoinit_shape as shapes
 from . import autoinit_spatial as spatial
 from .autoinit_maps import (
     CHANNEL_MAPS,
@@ -30,13 +31,15 @@ from .autoinit_maps import (
 
 # -- generic maps ---------------------------------------------------------------------------------
 def elementwise(ctx: MapContext) -> Moments:
-    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation
-    (and the spatial correlation of f(x) from x's, `autoinit_spatial`)."""
+    """y = f(x) elementwise: Gauss-Hermite quadrature of f under x's normal approximation,
+    corrected for x's shape (`autoinit_shape`); f(x)'s shape, and its spatial correlation from
+    x's (`autoinit_spatial`)."""
     x = ctx.first()
     y = quadrature(ctx.evaluate, x, ctx.quadrature_points)
+    mean, local, shared = x.channel_stats()
+    y = replace(y, shape=shapes.applied(ctx.evaluate, x.shape, mean, (local + shared).sqrt()))
     if x.rho is None or y.axis is None:
         return replace(y, rho=None)
-    mean, local, shared = x.channel_stats()
     _, y_local, y_shared = y.channel_stats()
     return replace(y, rho=spatial.elementwise(ctx.evaluate, mean, local, shared, x.rho,
                                               y_local, y_shared))
@@ -69,14 +72,36 @@ def identity(ctx: MapContext) -> Any:
     before, after = ctx.shape(ctx.raw_args[0]), ctx.out_shape
     moved = _moved_axis(ctx, x.axis, len(before) if isinstance(before, tuple) else 0)
     if moved is not None:
-        return Moments(x.mean, x.var, x.shared, moved)
+        return replace(x, axis=moved)
+    if ctx.node.target is operator.getitem:
+        return _indexed(x, ctx.raw_args[1])
     if target in _ORDER_KEEPING and isinstance(before, tuple) and isinstance(after, tuple):
         lead = math.prod(before[:x.axis])          # elements before one channel index
         for axis in range(len(after)):
             if math.prod(after[:axis]) == lead and after[axis] == before[x.axis]:
                 same_map = tuple(after[axis + 1:]) == tuple(before[x.axis + 1:])
-                return Moments(x.mean, x.var, x.shared, axis, x.rho if same_map else None)
+                return replace(x, axis=axis, rho=x.rho if same_map else None)
     return x.collapse()
+
+
+def _indexed(x: Moments, index: Any) -> Moments:
+    """x[index] where the index slices the dims up to the channel dim and takes every channel:
+    the channels stay. Strided slices of the dims after it thin out the spatial correlation
+    (rho at offset d becomes rho at offset step * d). Any other index pools the channels."""
+    index = index if isinstance(index, tuple) else (index,)
+    head, rest = index[:x.axis + 1], index[x.axis + 1:]
+    if not all(isinstance(i, slice) for i in head) or \
+            (len(head) > x.axis and head[x.axis] != slice(None)):
+        return x.collapse()
+    if x.rho is None or not rest:
+        return x
+    dims = x.rho.dim() - 1
+    if len(rest) > dims or not all(isinstance(i, slice) and (i.step is None or
+                                   isinstance(i.step, int) and i.step > 0) for i in rest):
+        return replace(x, rho=None)
+    steps = [i.step or 1 for i in rest] + [1] * (dims - len(rest))
+    e = spatial.offsets(dims) * torch.tensor(steps)                      # (D, dims)
+    return replace(x, rho=spatial.lookup(x.rho, e).reshape(x.rho.shape))
 
 
 def _moved_axis(ctx: MapContext, axis: int, ndim: int) -> Optional[int]:
@@ -119,6 +144,8 @@ def _sum(a: Moments, b: Moments, alpha: float) -> Moments:
         return _sum(a.collapse(), b.collapse(), alpha)
     (ma, va, sa), (mb, vb, sb), axis = both
     y = moments(ma + alpha * mb, va + alpha ** 2 * vb, sa + alpha ** 2 * sb, axis)
+    y = replace(y, shape=shapes.combine(a.sd(), a.shape, abs(alpha) * b.sd(),
+                                        shapes.scaled(b.shape, alpha)))
     rho = a.rho if a.rho is not None else b.rho
     if y.axis is None or rho is None:
         return y
@@ -131,7 +158,7 @@ def add(ctx: MapContext) -> Moments:
     alpha = ctx.kwargs.get("alpha", 1)
     if _same_node(ctx):  # x + x = 2x (fully correlated)
         return a.like((1 + alpha) * a.mean, (1 + alpha) ** 2 * a.var,
-                      (1 + alpha) ** 2 * a.shared)
+                      (1 + alpha) ** 2 * a.shared, shape=shapes.scaled(a.shape, 1 + alpha))
     if a is None or b is None:
         return a or b
     return _sum(a, b, alpha)
@@ -152,19 +179,24 @@ def mul(ctx: MapContext) -> Moments:
         return quadrature(lambda z: z * z, a, ctx.quadrature_points)
     if a is None or b is None:
         return a or b
-    return product(a, b)
+    y = product(a, b)
+    for x, c in ((a, b), (b, a)):  # a constant factor keeps the other's shape
+        if c.is_constant() and x.shape is not None and (x.axis is None) == (y.axis is None):
+            return replace(y, shape=shapes.scaled(x.shape, float(c.mean)))
+    return y
 
 
 def div(ctx: MapContext) -> Moments:
     a, b = _operands(ctx)
     if b is not None and b.is_constant() and float(b.mean) != 0 and isinstance(ctx.args[0], Moments):
-        return a.like(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2)
+        return a.like(a.mean / b.mean, a.var / b.mean ** 2, a.shared / b.mean ** 2,
+                      shape=shapes.scaled(a.shape, float(b.mean)))
     return elementwise(ctx)  # c / x: an elementwise function of x (raises if x / y)
 
 
 def neg(ctx: MapContext) -> Moments:
     x = ctx.first()
-    return x.like(-x.mean, x.var, x.shared)
+    return x.like(-x.mean, x.var, x.shared, shape=shapes.scaled(x.shape, -1.0))
 
 
 def cat(ctx: MapContext) -> Moments:
@@ -184,6 +216,9 @@ def cat(ctx: MapContext) -> Moments:
         stats = [[t.reshape(-1, t.shape[-1] if t.dim() else 1).expand(samples, s)
                   for t in p.per_channel()] for p, s in known]
         y = moments(*(torch.cat(ts, -1) for ts in zip(*stats)), axis=axis)
+        if any(p.shape is not None for p, _ in known):
+            y = replace(y, shape=torch.cat([shapes.particles(p.shape).expand(s, -1)
+                                            for p, s in known]))
         rhos = [p.rho for p, _ in known if p.rho is not None]
         if not rhos or any(r.dim() != rhos[0].dim() for r in rhos):
             return y

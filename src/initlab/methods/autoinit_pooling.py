@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import autoinit_shape as shapes
 from . import autoinit_spatial as spatial
 from .autoinit_maps import (
     CHANNEL_MAPS,
@@ -191,9 +193,33 @@ def pad(ctx: MapContext) -> Moments:
     widths = list(widths) if isinstance(widths, (tuple, list)) else [widths] * 2 * (len(src) - 2)
     # pad = (last dim's before, after, the dim before it's, ...): which dims grow
     grown = {len(src) - 1 - i // 2 for i, w in enumerate(widths) if w}
+    x = ctx.first()
     if grown and min(grown) >= 2:  # spatial padding only: the fill varies over positions
-        return border(ctx.first(), frac, float(value))
-    return mixture([ctx.first().collapse(), moments(float(value), 0.0)], [frac, 1 - frac])
+        return border(x, frac, float(value))
+    if grown == {x.axis} and x.axis is not None:  # new channels, filled with the value
+        i = 2 * (len(src) - 1 - x.axis)
+        before, after = widths[i], widths[i + 1] if i + 1 < len(widths) else 0
+        if before >= 0 and after >= 0:
+            return _channels_padded(x, before, after, float(value))
+    return mixture([x.collapse(), moments(float(value), 0.0)], [frac, 1 - frac])
+
+
+def _channels_padded(x: Moments, before: int, after: int, value: float) -> Moments:
+    """x with constant channels (variance 0) added before and after its own."""
+    def padded(t: torch.Tensor, fill: float) -> torch.Tensor:
+        t = t.reshape(-1, t.shape[-1])
+        return torch.cat([t.new_full((t.shape[0], before), fill), t,
+                          t.new_full((t.shape[0], after), fill)], -1)
+    y = moments(padded(x.mean, value), padded(x.var, 0.0), padded(x.shared, 0.0), x.axis)
+    if x.rho is not None:
+        dims = x.rho.dim() - 1
+        y = replace(y, rho=torch.cat([spatial.white(before, dims), x.rho,
+                                      spatial.white(after, dims)]))
+    if x.shape is not None:
+        g = shapes.normal()
+        y = replace(y, shape=torch.cat([g.expand(before, -1), x.shape.expand(x.channels, -1),
+                                        g.expand(after, -1)]))
+    return y
 
 
 for _t in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,

@@ -26,13 +26,13 @@ from .autoinit_maps import _hermite
 RADIUS = 2
 
 
-def _offsets(dims: int, radius: int = RADIUS) -> torch.Tensor:
+def offsets(dims: int, radius: int = RADIUS) -> torch.Tensor:
     """(D, dims) integer offsets of the window, in the row-major order of rho's spatial dims."""
     rng = range(-radius, radius + 1)
     return torch.tensor(list(itertools.product(rng, repeat=dims)), dtype=torch.long)
 
 
-def _lookup(rho: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+def lookup(rho: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """rho (C, window...) at integer offsets e (..., dims): (C, ...), 0 outside the window."""
     dims, size = e.shape[-1], rho.shape[-1]
     inside = (e.abs() <= RADIUS).all(-1)
@@ -62,9 +62,9 @@ def conv(w: torch.Tensor, kernel: tuple, stride: tuple, dilation: tuple, local: 
         rho = white(w.shape[1], dims)
     pos = torch.tensor(list(itertools.product(*(range(k) for k in kernel))),
                        dtype=torch.long) * torch.tensor(dilation)        # (T, dims)
-    d = _offsets(dims) * torch.tensor(stride)                            # (D, dims)
+    d = offsets(dims) * torch.tensor(stride)                            # (D, dims)
     e = d[:, None, None] + pos[None, None, :] - pos[None, :, None]       # (D, T, T, dims)
-    m = _lookup(rho, e)                                                  # (C, D, T, T)
+    m = lookup(rho, e)                                                  # (C, D, T, T)
     wl = w * local.reshape(1, -1, 1)
     cov = torch.einsum("jct,jcu,cdtu->jd", wl, w, m)                     # (out, D)
     centre = cov[:, cov.shape[1] // 2]
@@ -104,7 +104,7 @@ def average_factor(rho: Optional[torch.Tensor], window: tuple) -> torch.Tensor:
     sum of rho(e) weighted by the number of position pairs at offset e (1 when white)."""
     if rho is None:
         return torch.ones(())
-    e = _offsets(rho.dim() - 1)
+    e = offsets(rho.dim() - 1)
     pairs = torch.ones(e.shape[0], dtype=torch.float64)
     for i, k in enumerate(window):
         pairs = pairs * (k - e[:, i].abs()).clamp_min(0)
