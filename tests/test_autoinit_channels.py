@@ -168,3 +168,29 @@ def test_channel_dim_is_followed_through_reshapes_and_pooled_when_it_is_lost():
         with torch.no_grad():
             measured = float(model(x).var())
         assert predicted == pytest.approx(measured, rel=0.1), tail
+
+
+class SeparableClassifier(Separable):
+    """The separable stack, a global mean and a classifier: the classifier's input is a
+    nearly constant vector (each channel's mean over 256 positions and 3 blocks of ReLUs)."""
+
+    def __init__(self):
+        super().__init__(blocks=3, width=32)
+        self.classifier = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def test_centring_is_dropped_for_a_nearly_constant_input(caplog):
+    torch.manual_seed(0)
+    model, x = SeparableClassifier(), torch.randn(256, 3, 16, 16)
+    report = initlab.autoinit(model, x, seed=0, distribution="orthogonal", centered=True)
+    assert "reads a nearly constant input" in caplog.text
+    flags = {h["layer"]: h.get("centered", True) for h in report.history}
+    assert flags.pop("classifier") is False and all(flags.values())
+    w = model.classifier.weight.detach()
+    assert float(w.sum(1).abs().min()) > 0.1       # not centred: each unit passes on the mean
+    assert float(model.features[3].weight.detach().sum((1, 2, 3)).abs().max()) < 1e-5
+    with torch.no_grad():
+        assert float(model(x).var()) == pytest.approx(1.0, rel=0.25)

@@ -8,8 +8,8 @@ from torch import nn
 import initlab
 from initlab.methods import autoinit_ops as ops
 from initlab.methods import autoinit_shape as shapes
-from initlab.methods import autoinit_spatial as spatial
 from initlab.methods.autoinit_maps import moments
+from test_autoinit_channels import _measured_rho  # tests/ is on sys.path (pytest's rootdir)
 
 
 def _skew(v: torch.Tensor) -> float:
@@ -102,19 +102,6 @@ def test_strided_indexing_thins_out_the_spatial_correlation():
     assert y.axis == 1 and y.rho[0, 2, 3] < 0.7 * rho[0, 2, 3]
     # an index that drops the channel dim pools the channels
     assert ops._indexed(x, (slice(None), 0)).axis is None
-
-
-def _measured_rho(y: torch.Tensor) -> torch.Tensor:
-    r, y = spatial.RADIUS, y - y.mean()
-    var = float(y.pow(2).mean())
-    out = torch.zeros(2 * r + 1, 2 * r + 1, dtype=torch.float64)
-    h, w = y.shape[-2:]
-    for a in range(-r, r + 1):
-        for b in range(-r, r + 1):
-            p = y[..., max(0, a):h + min(0, a), max(0, b):w + min(0, b)]
-            q = y[..., max(0, -a):h + min(0, -a), max(0, -b):w + min(0, -b)]
-            out[a + r, b + r] = (p * q).mean() / var
-    return out
 
 
 class Shortcut(nn.Module):

@@ -66,6 +66,7 @@ from .autoinit_maps import (
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 256  # samples whose statistics are propagated separately (see autoinit_layers)
+MIN_CENTERED = 0.1  # least share of sigma^2 a centred weight must pass on (`_Layers.centring_lost`)
 
 
 @dataclass
@@ -123,7 +124,8 @@ class _Layers:
     def _draw(self, like: torch.Tensor, std: float, groups: int = 1) -> torch.Tensor:
         return draw(self.cfg.distribution, like.shape, std, groups, self.gen, self.cfg.centered)
 
-    def fresh(self, name: str, like: torch.Tensor, x: Moments, groups: int = 1) -> torch.Tensor:
+    def fresh(self, name: str, like: torch.Tensor, x: Moments, groups: int = 1,
+              centered: Optional[bool] = None) -> torch.Tensor:
         """A new weight shaped like `like` for input statistics `x` (not staged), noted in the
         history. `like` may be a block of a packed parameter (attention's in_proj_weight)."""
         mean, var = x.pooled()
@@ -136,7 +138,8 @@ class _Layers:
         fan_in = like.shape[1] * math.prod(like.shape[2:])       # grouped: in/groups * taps
         std = math.sqrt(self.cfg.signal_variance / (fan_in * second))
         try:
-            w = self._draw(like, std, groups)
+            w = draw(self.cfg.distribution, like.shape, std, groups, self.gen,
+                     self.cfg.centered if centered is None else centered)
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from e
         self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
@@ -151,6 +154,30 @@ class _Layers:
         self.staged.set(weight, w)
         self.staged.zero(bias)
         self.done.add(id(weight))
+        return w
+
+    def centring_lost(self, name: str, y: Moments) -> bool:
+        """With `centered`: True when the centred weight just drawn passes on less than
+        `MIN_CENTERED` of sigma^2, i.e. the layer's input is nearly a constant vector (a global
+        mean feeding a classifier). Its output would then hang on the small differences between
+        the input's channel means, and rescaling would blow the weight up by over
+        sqrt(1 / MIN_CENTERED); the caller draws it again uncentred (`uncentred`)."""
+        h = self.history[-1] if self.history else None
+        if not self.cfg.centered or h is None or h["layer"] != name or "output_var" in h:
+            return False
+        return y.pooled()[1] < MIN_CENTERED * self.cfg.signal_variance
+
+    def uncentred(self, name: str, weight: torch.Tensor, x: Moments,
+                  groups: int = 1) -> torch.Tensor:
+        """Draw the weight just drawn for layer `name` again, without centring."""
+        h = self.history.pop()
+        log.warning("autoinit: layer '%s' reads a nearly constant input (variance %.2g, mean "
+                       "%.2g); centred weights would leave its output to the tiny differences "
+                       "between channels, so it is drawn uncentred", name, h["input_var"],
+                       h["input_mean"])
+        w = self.fresh(name, weight, x, groups, centered=False)
+        self.history[-1]["centered"] = False
+        self.staged.set(weight, w)
         return w
 
     def rescale(self, name: str, weight: torch.Tensor, y: Moments) -> Moments:

@@ -72,8 +72,13 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
     w = ctx.layers.weight(name, weight, bias, seen, groups)
     b = None if bias is None else ctx.layers.value(bias)
     axis = _channel_axis(ctx.out_shape, geometry is None, dims)
-    y = linear_moments(x, w, b, groups, axis) if geometry is None else \
-        conv_moments(ctx, geometry, x, reads, w, b, groups, axis)
+
+    def outputs(w: torch.Tensor) -> Moments:
+        return linear_moments(x, w, b, groups, axis) if geometry is None else \
+            conv_moments(ctx, geometry, x, reads, w, b, groups, axis)
+    y = outputs(w)
+    if ctx.layers.centring_lost(name, y):
+        y = outputs(ctx.layers.uncentred(name, weight, seen, groups))
     y = ctx.layers.rescale(name, weight, y)
     return ctx.layers.output(name, sample_scales(ctx, seen, y))
 
