@@ -27,6 +27,15 @@ def test_normal_particles_are_standard_normal_bins():
     assert float(q[-1]) > float(torch.special.ndtri(torch.tensor(1 - 1 / k, dtype=torch.float64)))
 
 
+def test_a_constant_channel_gets_the_normal_shape_and_keeps_the_others():
+    rows = torch.stack([torch.zeros(128), torch.arange(128.0) ** 2]).double()
+    q = shapes.standardize(rows)
+    assert torch.equal(q[0], shapes.normal()[0])
+    assert float(q[1].mean()) == pytest.approx(0.0, abs=1e-12)
+    assert float(q[1].pow(2).mean()) == pytest.approx(1.0, abs=1e-12)
+    assert shapes.standardize(torch.ones(3, 128, dtype=torch.float64)) is None
+
+
 def test_shape_of_rectified_plus_normal_matches_monte_carlo():
     torch.manual_seed(0)
     a = torch.relu(torch.randn(2_000_000, dtype=torch.float64))

@@ -172,9 +172,9 @@ class _Layers:
         """Draw the weight just drawn for layer `name` again, without centring."""
         h = self.history.pop()
         log.warning("autoinit: layer '%s' reads a nearly constant input (variance %.2g, mean "
-                       "%.2g); centred weights would leave its output to the tiny differences "
-                       "between channels, so it is drawn uncentred", name, h["input_var"],
-                       h["input_mean"])
+                    "%.2g); centred weights would leave its output to the tiny differences "
+                    "between channels, so it is drawn uncentred", name, h["input_var"],
+                    h["input_mean"])
         w = self.fresh(name, weight, x, groups, centered=False)
         self.history[-1]["centered"] = False
         self.staged.set(weight, w)

@@ -39,12 +39,17 @@ def normal(k: int = PARTICLES) -> torch.Tensor:
 
 
 def standardize(q: torch.Tensor) -> Optional[torch.Tensor]:
-    """Particles (C, N) sorted, to mean 0 and variance 1 per row (None if a row is constant)."""
+    """Particles (C, N) sorted, to mean 0 and variance 1 per row. A constant row (a channel of
+    variance 0, whose shape never matters) gets the normal's; all constant: None."""
     q = q - q.mean(-1, keepdim=True)
     sd = q.pow(2).mean(-1, keepdim=True).sqrt()
-    if float(sd.min()) <= 1e-12:
+    flat = sd <= 1e-12
+    if bool(flat.all()):
         return None
-    return (q / sd).sort(-1).values
+    q = (q / sd.clamp_min(1e-12)).sort(-1).values
+    if bool(flat.any()) and q.shape[-1] == PARTICLES:
+        q = torch.where(flat, normal(), q)
+    return q
 
 
 def requantize(values: torch.Tensor, k: int = PARTICLES) -> torch.Tensor:
