@@ -249,6 +249,9 @@ def find_map(node: fx.Node, module: Optional[nn.Module]) -> Optional[MomentMap]:
 
 
 # -- numerics -------------------------------------------------------------------------------------
+SHARED_POINTS = 24  # per dim of the 2-d rule for `shared` (quadrature); 48 took 3x as long
+
+
 @lru_cache(maxsize=8)
 def _hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes and weights of the n-point Gauss-Hermite rule for E f(Z), Z ~ N(0, 1)."""
@@ -276,7 +279,7 @@ def quadrature(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: in
     shape = torch.broadcast_shapes(x.mean.shape, x.var.shape)
     if float((x.shared / x.var.clamp_min(1e-300)).max()) <= 1e-12:   # none (round-off aside)
         return x.like(mean.reshape(shape), out_var.reshape(shape), 0.0)
-    z2, w2 = _hermite(min(points, 48))
+    z2, w2 = _hermite(min(points, SHARED_POINTS))
     s, loc = x.shared.reshape(-1, 1, 1), x.local.reshape(-1, 1, 1)
     shared = torch.empty(mu.shape[0], dtype=torch.float64)
     for i in range(0, mu.shape[0], 2048):                            # rows in chunks: (R, n, n)
