@@ -121,8 +121,15 @@ class _Layers:
     def value(self, p: torch.Tensor) -> torch.Tensor:
         return self.staged.get(p)
 
-    def _draw(self, like: torch.Tensor, std: float, groups: int = 1) -> torch.Tensor:
-        return draw(self.cfg.distribution, like.shape, std, groups, self.gen, self.cfg.centered)
+    def _draw(self, like: torch.Tensor, std: float, groups: int = 1,
+              centered: Optional[bool] = None) -> torch.Tensor:
+        return draw(self.cfg.distribution, like.shape, std, groups, self.gen,
+                    self.cfg.centered if centered is None else centered)
+
+    def _just_drawn(self, name: str) -> Optional[dict[str, Any]]:
+        """The history entry of layer `name` if it was drawn last and has no output yet."""
+        h = self.history[-1] if self.history else None
+        return h if h is not None and h["layer"] == name and "output_var" not in h else None
 
     def fresh(self, name: str, like: torch.Tensor, x: Moments, groups: int = 1,
               centered: Optional[bool] = None) -> torch.Tensor:
@@ -138,8 +145,7 @@ class _Layers:
         fan_in = like.shape[1] * math.prod(like.shape[2:])       # grouped: in/groups * taps
         std = math.sqrt(self.cfg.signal_variance / (fan_in * second))
         try:
-            w = draw(self.cfg.distribution, like.shape, std, groups, self.gen,
-                     self.cfg.centered if centered is None else centered)
+            w = self._draw(like, std, groups, centered)
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from e
         self.history.append(dict(layer=name, fan_in=fan_in, input_mean=mean, input_var=var,
@@ -162,8 +168,7 @@ class _Layers:
         mean feeding a classifier). Its output would then hang on the small differences between
         the input's channel means, and rescaling would blow the weight up by over
         sqrt(1 / MIN_CENTERED); the caller draws it again uncentred (`uncentred`)."""
-        h = self.history[-1] if self.history else None
-        if not self.cfg.centered or h is None or h["layer"] != name or "output_var" in h:
+        if not self.cfg.centered or self._just_drawn(name) is None:
             return False
         return y.pooled()[1] < MIN_CENTERED * self.cfg.signal_variance
 
@@ -183,8 +188,8 @@ class _Layers:
     def rescale(self, name: str, weight: torch.Tensor, y: Moments) -> Moments:
         """With `centered`: scale a weight just drawn so that its predicted output variance,
         computed from the drawn values, is exactly sigma^2 (its bias is 0: y scales along)."""
-        h = self.history[-1] if self.history else None
-        if not self.cfg.centered or h is None or h["layer"] != name or "output_var" in h:
+        h = self._just_drawn(name)
+        if not self.cfg.centered or h is None:
             return y
         _, var = y.pooled()
         if not var > 0:
@@ -196,8 +201,8 @@ class _Layers:
 
     def output(self, name: str, y: Moments) -> Moments:
         """Note the predicted output of a layer just initialized (first call only)."""
-        h = self.history[-1] if self.history else None
-        if h is not None and h["layer"] == name and "output_var" not in h:
+        h = self._just_drawn(name)
+        if h is not None:
             h["output_mean"], h["output_var"] = y.pooled()
         return y
 

@@ -181,7 +181,7 @@ def mul(ctx: MapContext) -> Moments:
         return a or b
     y = product(a, b)
     for x, c in ((a, b), (b, a)):  # a constant factor keeps the other's shape
-        if c.is_constant() and x.shape is not None and (x.axis is None) == (y.axis is None):
+        if c.is_constant() and x.shape is not None:
             return replace(y, shape=shapes.scaled(x.shape, float(c.mean)))
     return y
 
