@@ -53,6 +53,7 @@ from . import (  # noqa: F401  (register maps)
 )
 from ._common import Staged, generator, integer, note_unchanged, positive, require
 from .autoinit_draws import DISTRIBUTIONS, draw
+from .autoinit_gauss import Joint
 from .autoinit_maps import (
     CHANNEL_MAPS,
     MODULE_MAPS,
@@ -81,6 +82,8 @@ class AutoInitConfig:
     mc_samples: int = 4096                # Monte Carlo draws (per sample) for pooling, softmax
     seed: Optional[int] = None            # weight draws and Monte Carlo; None: torch's generator
     centered: bool = False                # each unit's weights sum to 0 (no input mean passed on)
+    covariance_limit: int = 8192          # with centered: maps of at most this many elements per
+    #                                       sample carry their full covariance (autoinit_gauss)
 
     def validate(self) -> None:
         positive("signal_variance", self.signal_variance)
@@ -95,6 +98,7 @@ class AutoInitConfig:
         require(self.quadrature_points <= 256, "quadrature_points must be <= 256 (numpy's "
                 "Gauss-Hermite weights underflow beyond)")
         integer("mc_samples", self.mc_samples, minimum=256)
+        integer("covariance_limit", self.covariance_limit, minimum=0)
 
 
 class _Layers:
@@ -107,6 +111,7 @@ class _Layers:
         self.history: list[dict[str, Any]] = []
         self.profiles: dict[str, list[torch.Tensor]] = {}   # conv output: profile per spatial dim
         self.root: Optional[fx.GraphModule] = None
+        self.joint: Optional[Joint] = None                  # full covariances (autoinit_gauss)
 
     def module(self, node: fx.Node) -> nn.Module:
         return module_of(self.root, node)
@@ -185,19 +190,26 @@ class _Layers:
         self.staged.set(weight, w)
         return w
 
-    def rescale(self, name: str, weight: torch.Tensor, y: Moments) -> Moments:
+    def rescale(self, name: str, weight: torch.Tensor, y: Moments, node: str,
+                exact: Optional[tuple[float, float]] = None) -> Moments:
         """With `centered`: scale a weight just drawn so that its predicted output variance,
-        computed from the drawn values, is exactly sigma^2 (its bias is 0: y scales along)."""
+        computed from the drawn values, is exactly sigma^2 (its bias is 0: y scales along).
+        The prediction is `exact` (from the output's full covariance, `autoinit_gauss`) where
+        there is one, else the per-channel statistics `y`; y itself is scaled to sigma^2."""
         h = self._just_drawn(name)
         if not self.cfg.centered or h is None:
             return y
         _, var = y.pooled()
-        if not var > 0:
+        target = var if exact is None else exact[1]
+        if not (var > 0 and target > 0):
             return y
-        f = self.cfg.signal_variance / var
+        f, g = self.cfg.signal_variance / target, self.cfg.signal_variance / var
         self.staged.set(weight, self.value(weight) * math.sqrt(f))
         h["weight_std"] *= math.sqrt(f)
-        return y.like(y.mean * math.sqrt(f), y.var * f, y.shared * f)
+        if exact is not None:
+            h["covariance"] = True
+            self.joint.scale(node, f)
+        return y.like(y.mean * math.sqrt(g), y.var * g, y.shared * g)
 
     def output(self, name: str, y: Moments) -> Moments:
         """Note the predicted output of a layer just initialized (first call only)."""
@@ -263,6 +275,8 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
     with search_mode(gm):  # shape propagation must not touch batch-norm statistics
         shapes = tensor_shapes(gm, inputs)
     est: dict[str, Any] = {}
+    if cfg.centered and cfg.covariance_limit > 0:
+        layers.joint = Joint(cfg.covariance_limit, cfg.quadrature_points, est)
     unknown: dict[str, list[str]] = {}
     placeholders = iter(inputs)
     for node in gm.graph.nodes:
@@ -300,6 +314,10 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
             found = ctx.tensor_inputs()
             out = found[0] if found else None
         est[node.name] = out
+        if layers.joint is not None:
+            if fn is not None:
+                layers.joint.step(ctx)
+            layers.joint.done(node)
     for op, names in unknown.items():
         warnings.warn(f"autoinit: no moment map for {op} (nodes {', '.join(names[:5])}"
                       f"{', ...' if len(names) > 5 else ''}); its input statistics pass through "

@@ -57,7 +57,7 @@ def multihead_attention(ctx: MapContext) -> tuple:
     a = attention_moments(ctx, q, k, v, d, t, 1 / math.sqrt(d), p)
     name = f"{ctx.node.target}.out_proj"
     w = ctx.layers.weight(name, m.out_proj.weight, m.out_proj.bias, a)
-    y = ctx.layers.rescale(name, m.out_proj.weight, linear_moments(a, w, None))
+    y = ctx.layers.rescale(name, m.out_proj.weight, linear_moments(a, w, None), ctx.node.name)
     return ctx.layers.output(name, y), None          # the weights output has no statistics
 
 

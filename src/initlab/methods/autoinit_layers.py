@@ -10,12 +10,13 @@ way the output statistics are computed from the actual weights: unit by unit for
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import autoinit_gauss as gauss
 from .autoinit_conv import ConvArgs, channel_rows, conv_input, conv_moments, dense
 from .autoinit_maps import (
     CHANNEL_MAPS,
@@ -78,9 +79,31 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
             conv_moments(ctx, geometry, x, reads, w, b, groups, axis)
     y = outputs(w)
     if ctx.layers.centring_lost(name, y):
-        y = outputs(ctx.layers.uncentred(name, weight, seen, groups))
-    y = ctx.layers.rescale(name, weight, y)
+        w = ctx.layers.uncentred(name, weight, seen, groups)
+        y = outputs(w)
+    exact = gauss.layer(ctx, ctx.raw_args[0], _forward(ctx, geometry, w, b))
+    y = ctx.layers.rescale(name, weight, y, ctx.node.name, exact)
     return ctx.layers.output(name, sample_scales(ctx, seen, y))
+
+
+def _forward(ctx: MapContext, geometry: Any, w: torch.Tensor, b: Optional[torch.Tensor]
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer as a function of its input (in the input's dtype), with the weight `w` (drawn, not yet in
+    the model) and bias `b`: for the full covariance (`autoinit_gauss`)."""
+    w = w.detach().double().cpu()
+    b = None if b is None else b.detach().double().cpu()
+    cast = (lambda t, v: None if t is None else t.to(v.dtype))
+    if geometry is None:
+        return lambda v: F.linear(v, w.to(v.dtype), cast(b, v))
+    if isinstance(geometry, nn.modules.conv._ConvNd):
+        return lambda v: geometry._conv_forward(v, w.to(v.dtype), cast(b, v))
+    args = list(ctx.raw_args)
+
+    def functional(v: torch.Tensor) -> torch.Tensor:
+        a = [v, w.to(v.dtype), cast(b, v)] + args[3:]
+        kwargs = {k: val for k, val in ctx.node.kwargs.items() if k != "bias"}
+        return ctx.node.target(*a, **kwargs)
+    return functional
 
 
 def sample_scales(ctx: MapContext, x: Moments, y: Moments) -> Moments:
