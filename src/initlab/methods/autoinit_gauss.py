@@ -58,14 +58,16 @@ class Joint:
         self.shape: dict[str, tuple] = {}                # node -> per-sample shape
         self.cov: dict[str, dict[str, torch.Tensor]] = {}  # cov[a][b] = Cov(a, b), (D_a, D_b)
         self.left: dict[str, int] = {}                   # users not yet processed
+        self.normal: dict[str, bool] = {}                # node -> is (close to) Gaussian
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def get(self, a: str, b: str) -> torch.Tensor:
         return self.cov[a][b] if b in self.cov[a] else self.cov[b][a].T
 
     def _store(self, node: fx.Node, mean: torch.Tensor, shape: tuple,
-               cross: dict[str, torch.Tensor], own: torch.Tensor) -> None:
+               cross: dict[str, torch.Tensor], own: torch.Tensor, normal: bool) -> None:
         name = node.name
+        self.normal[name] = normal
         self.mean[name], self.shape[name] = mean, shape
         self.cov[name] = {**cross, name: own}
         self.left[name] = len(node.users)
@@ -81,7 +83,7 @@ class Joint:
             self._drop(node.name)
 
     def _drop(self, name: str) -> None:
-        for d in (self.mean, self.shape, self.cov, self.left):
+        for d in (self.mean, self.shape, self.cov, self.left, self.normal):
             d.pop(name, None)
         for row in self.cov.values():
             row.pop(name, None)
@@ -115,13 +117,15 @@ class Joint:
                 and all(isinstance(s, int) for s in shape)) or math.prod(shape[1:]) > self.limit:
             return False
         mean, cov = from_moments(m, tuple(shape[1:]))
-        self._store(node, mean.to(self.dtype), tuple(shape[1:]), {}, cov.to(self.dtype))
+        self._store(node, mean.to(self.dtype), tuple(shape[1:]), {}, cov.to(self.dtype),
+                    m.shape is None)
         return True
 
     # -- operations -------------------------------------------------------------------------------
     def linear(self, ctx: MapContext, inputs: list[fx.Node],
-               op: Callable[[list[torch.Tensor]], torch.Tensor]) -> bool:
-        """y = op(inputs), op affine and acting on each sample alone (checked)."""
+               op: Callable[[list[torch.Tensor]], torch.Tensor], mixing: bool = False) -> bool:
+        """y = op(inputs), op affine and acting on each sample alone (checked). `mixing`: a
+        weighted layer, whose sums over many inputs are close to Gaussian whatever they sum."""
         out = ctx.out_shape
         if not _small(out, self.limit) or not all(self.ready(n, ctx) for n in inputs):
             return False
@@ -147,11 +151,14 @@ class Joint:
             cross[n.name] = apply(stacked(n.name))
         a_cov = torch.cat([cross[n.name] for n in inputs], 1) if len(inputs) > 1 \
             else cross[inputs[0].name]                                  # A Cov(u, u): (D, sum)
-        self._store(ctx.node, mean.reshape(-1), tuple(out[1:]), cross, apply(a_cov.T))
+        normal = mixing or all(self.normal[n.name] for n in inputs)
+        self._store(ctx.node, mean.reshape(-1), tuple(out[1:]), cross, apply(a_cov.T), normal)
         return True
 
     def elementwise(self, ctx: MapContext, x: fx.Node) -> bool:
-        if not self.ready(x, ctx):
+        """f(x) for a Gaussian x only: a ReLU of a sum with a rectified skip connection, say,
+        is left to the per-channel statistics, which follow the distribution's shape."""
+        if not self.ready(x, ctx) or not self.normal[x.name]:
             return False
         mu, cov = self.mean[x.name], self.cov[x.name][x.name]
         sd = cov.diagonal().clamp_min(0.0).sqrt()
@@ -159,7 +166,7 @@ class Joint:
         slope = torch.where(sd > 0, c[:, 1].to(sd) / sd.clamp_min(1e-30), torch.zeros_like(sd))
         cross = {q: slope.reshape(-1, 1) * self.get(x.name, q) for q in self.mean}
         own = mehler(c.to(cov), second.to(cov), cov, sd)                 # c: (D, K+1)
-        self._store(ctx.node, c[:, 0].to(cov), self.shape[x.name], cross, own)
+        self._store(ctx.node, c[:, 0].to(cov), self.shape[x.name], cross, own, False)
         return True
 
     def dropout(self, ctx: MapContext, x: fx.Node, p: float) -> bool:
@@ -168,7 +175,7 @@ class Joint:
         mu, cov = self.mean[x.name], self.cov[x.name][x.name]
         extra = (cov.diagonal() + mu ** 2) * (p / (1 - p))
         cross = {q: self.get(x.name, q) for q in self.mean}
-        self._store(ctx.node, mu, self.shape[x.name], cross, cov + torch.diag(extra))
+        self._store(ctx.node, mu, self.shape[x.name], cross, cov + torch.diag(extra), False)
         return True
 
     def step(self, ctx: MapContext) -> None:
@@ -210,7 +217,7 @@ def layer(ctx: MapContext, x: fx.Node, forward: Callable[[torch.Tensor], torch.T
     if joint is None or not isinstance(x, fx.Node):
         return None
     try:
-        if not joint.linear(ctx, [x], lambda vs: forward(vs[0])):
+        if not joint.linear(ctx, [x], lambda vs: forward(vs[0]), mixing=True):
             return None
     except Exception as e:  # noqa: BLE001  (the per-channel statistics still hold)
         log.debug("autoinit: no covariance for layer %s: %r", ctx.node.name, e)
