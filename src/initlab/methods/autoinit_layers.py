@@ -88,11 +88,13 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
 
 def _forward(ctx: MapContext, geometry: Any, w: torch.Tensor, b: Optional[torch.Tensor]
              ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The layer as a function of its input (in the input's dtype), with the weight `w` (drawn, not yet in
-    the model) and bias `b`: for the full covariance (`autoinit_gauss`)."""
+    """The layer as a function of its input (in the input's dtype), with the weight `w`
+    (drawn, not yet in the model) and bias `b`: for the full covariance (`autoinit_gauss`)."""
     w = w.detach().double().cpu()
     b = None if b is None else b.detach().double().cpu()
-    cast = (lambda t, v: None if t is None else t.to(v.dtype))
+
+    def cast(t: Optional[torch.Tensor], v: torch.Tensor) -> Optional[torch.Tensor]:
+        return None if t is None else t.to(v.dtype)
     if geometry is None:
         return lambda v: F.linear(v, w.to(v.dtype), cast(b, v))
     if isinstance(geometry, nn.modules.conv._ConvNd):
