@@ -180,10 +180,18 @@ def worst(variances: dict[str, float]) -> tuple[str, float]:
     return name, variances[name] - 1
 
 
+COVARIANCE_LIMIT = 8192  # the '+covariance' columns: maps up to 32 x 16 x 16 (autoinit_gauss)
+
+
 def settings(column: str) -> dict:
-    """'orthogonal' -> distribution='orthogonal'; a '+centered' suffix adds centered=True."""
-    dist, _, extra = column.partition("+")
-    return dict(distribution=dist, centered=extra == "centered")
+    """'orthogonal' -> distribution='orthogonal'; a '+centered' suffix adds centered=True,
+    a '+covariance' suffix covariance_limit=COVARIANCE_LIMIT (the full covariance)."""
+    dist, *extra = column.split("+")
+    unknown = set(extra) - {"centered", "covariance"}
+    if unknown:
+        raise SystemExit(f"unknown column suffix {sorted(unknown)}: use +centered, +covariance")
+    return dict(distribution=dist, centered="centered" in extra,
+                covariance_limit=COVARIANCE_LIMIT if "covariance" in extra else 0)
 
 
 def run(seeds: int, batch: int, distributions: list[str]) -> list[dict]:
