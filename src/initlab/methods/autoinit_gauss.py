@@ -6,7 +6,7 @@ maps this fails slowly but surely: near the borders the positions differ, and th
 layer all read the same input, so their outputs are correlated. In a 30-layer plain CNN on
 16x16 inputs the measured output variance climbs 40-50 % above the predicted one over the 8x8
 and 4x4 stages (RESULTS.md). A Gaussian with the same mean and full covariance as the real
-signal predicts the next layer's variance to within 0.1 % there (the signal is nearly
+signal predicts the next layer's variance to within 0.2 % there (the signal is nearly
 Gaussian; what is missing is second-order), so for every node whose map has at most
 `covariance_limit` elements per sample, `Joint` carries the mean (D,) and the covariance with
 itself and every other live node, (D, D'):
@@ -14,14 +14,17 @@ itself and every other live node, (D, D'):
 - linear operations (weighted layers with the drawn weights, sums, concatenation, reshapes,
   average pooling, means): y = A u + b on the stacked inputs u; A is applied by running the
   operation itself on a batch of columns, A v = op(v) - op(0);
-- elementwise f: E[f(x_i) f(x_j)] = sum_n c_n(i) c_n(j) rho_ij^n (Mehler), c_n(i) the
-  normalized Hermite coefficients of f under x_i's mean and variance; Cov(f(x), z) =
-  diag(E f'(x)) Cov(x, z) for any other node z (Stein's lemma; E f' = c_1 / sd);
+- elementwise f of a Gaussian node (a weighted layer's output, or sums of such):
+  E[f(x_i) f(x_j)] = sum_n c_n(i) c_n(j) rho_ij^n (Mehler), c_n(i) the normalized Hermite
+  coefficients of f under x_i's mean and variance; Cov(f(x), z) = diag(E f'(x)) Cov(x, z) for
+  any other node z (Stein's lemma; E f' = c_1 / sd). f of anything else (a ReLU after a
+  rectified skip connection) is left to the per-channel statistics;
 - inverted dropout: the mask adds (E x^2) p / (1 - p) to the diagonal.
 
 A node whose operation is not one of these has no covariance; the next node that needs it gets
-one built from its `Moments` (channels independent, `rho` within the window). Memory: D^2
-float64 per live pair (128 MiB at D = 4096); time: a few D^2 * 24 per elementwise node.
+one built from its `Moments` (channels independent, `rho` within the window). Off unless
+`covariance_limit` > 0. Memory: D^2 float32 per live pair (256 MiB at D = 8192); time: about
+2 * TERMS passes over D^2 per elementwise node and two runs of a layer on D columns.
 """
 from __future__ import annotations
 
