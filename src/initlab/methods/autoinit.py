@@ -359,7 +359,8 @@ def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: b
 
     Returns:
         an `InitReport` whose history has one entry per initialized layer (name, fan_in, input
-        mean and variance, weight std, predicted output mean and variance); with
+        mean and variance, weight std, predicted output mean and variance; `covariance: True`
+        where the scale came from the full covariance, `covariance_limit`); with
         `return_estimates=True`, `(report, estimates)`.
     """
     cfg = AutoInitConfig(**settings)
