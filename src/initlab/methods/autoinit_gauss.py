@@ -159,9 +159,14 @@ class Joint:
         return True
 
     def elementwise(self, ctx: MapContext, x: fx.Node) -> bool:
-        """f(x) for a Gaussian x only: a ReLU of a sum with a rectified skip connection, say,
-        is left to the per-channel statistics, which follow the distribution's shape."""
-        if not self.ready(x, ctx) or not self.normal[x.name]:
+        """f(x) for a Gaussian x and a positively homogeneous f (ReLU, leaky ReLU, ...) only.
+        A ReLU of a sum with a rectified skip connection, say, is left to the per-channel
+        statistics, which follow the distribution's shape. So is a SiLU or tanh: a layer's
+        units share each sample's overall scale (a signal from a narrow input varies a lot
+        in it), which a Gaussian of the same covariance lacks; f(s x) = s f(x) makes that
+        scale drop out of the second moments, and other functions turn it into a drift
+        (a 20-layer SiLU MLP: +56 %), which the per-channel statistics model."""
+        if not self.ready(x, ctx) or not self.normal[x.name] or not _homogeneous(ctx.evaluate):
             return False
         mu, cov = self.mean[x.name], self.cov[x.name][x.name]
         sd = cov.diagonal().clamp_min(0.0).sqrt()
@@ -226,6 +231,12 @@ def layer(ctx: MapContext, x: fx.Node, forward: Callable[[torch.Tensor], torch.T
         log.debug("autoinit: no covariance for layer %s: %r", ctx.node.name, e)
         return None
     return joint.pooled(ctx.node.name)
+
+
+def _homogeneous(f: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether f(2 z) = 2 f(z) on a grid of both signs."""
+    z = torch.linspace(-4.0, 4.0, 17, dtype=torch.float64)
+    return bool(torch.allclose(f(2 * z), 2 * f(z), rtol=1e-6, atol=1e-9))
 
 
 def _small(shape: Any, limit: int) -> bool:
