@@ -6,11 +6,18 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import initlab
 from initlab.methods import autoinit_spatial as spatial
-from initlab.methods.autoinit_gauss import TERMS, _hermite_coefficients, from_moments, mehler
+from initlab.methods.autoinit_gauss import (
+    TERMS,
+    _hermite_coefficients,
+    _homogeneous,
+    from_moments,
+    mehler,
+)
 from initlab.methods.autoinit_maps import moments
 
 
@@ -108,3 +115,10 @@ def test_full_covariance_keeps_a_deep_cnn_on_small_maps_at_the_target(seed):
 def test_covariance_limit_is_checked():
     with pytest.raises(ValueError, match="covariance_limit"):
         initlab.autoinit(Plain(2), torch.randn(4, 3, 6, 6), centered=True, covariance_limit=-1)
+
+
+def test_only_positively_homogeneous_functions_go_through_the_covariance():
+    """ReLU-like f(s x) = s f(x) keep the Gaussian twin exact in second moments; SiLU, GELU
+    and tanh turn the per-sample scale a Gaussian lacks into a drift, so they are left out."""
+    assert _homogeneous(torch.relu) and _homogeneous(lambda z: F.leaky_relu(z, 0.1))
+    assert not any(_homogeneous(f) for f in (F.silu, F.gelu, torch.tanh, F.softplus))
