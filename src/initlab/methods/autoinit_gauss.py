@@ -119,6 +119,12 @@ class Joint:
         if not (isinstance(shape, tuple) and len(shape) >= 2 and isinstance(m, Moments)
                 and all(isinstance(s, int) for s in shape)) or math.prod(shape[1:]) > self.limit:
             return False
+        white = m.axis is None and float(m.shared.max()) == 0 and m.rho is None
+        if len(shape) > 2 and not white and (m.axis is None or m.axis % len(shape) != 1):
+            # only (N, C, *spatial) maps, where `shared` and `rho` describe the positions of one
+            # channel, (N, features) or independent elements (an input); not (N, T, d) or
+            # attention's (N, heads, T, d), whose positions are tokens and heads
+            return False
         mean, cov = from_moments(m, tuple(shape[1:]))
         self._store(node, mean.to(self.dtype), tuple(shape[1:]), {}, cov.to(self.dtype),
                     m.shape is None)
