@@ -39,6 +39,7 @@ from torch import fx, nn
 from . import autoinit_spatial as spatial
 from .autoinit_maps import MapContext, Moments, _hermite, find_map
 from .autoinit_ops import add, cat, div, elementwise, identity, mul, neg, sub
+from .autoinit_pooling import pad
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _AVERAGES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
              nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, F.avg_pool1d, F.avg_pool2d,
              F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
              torch.mean, torch.sum, "mean", "sum")
-_LINEAR_MAPS = {identity, add, sub, cat, neg}    # linear in their tensor inputs
+_LINEAR_MAPS = {identity, add, sub, cat, neg, pad}    # affine in their tensor inputs
 _SCALED_MAPS = {mul, div}                        # linear when one operand is a number
 
 
@@ -172,7 +173,9 @@ class Joint:
         in it), which a Gaussian of the same covariance lacks; f(s x) = s f(x) makes that
         scale drop out of the second moments, and other functions turn it into a drift
         (a 20-layer SiLU MLP: +56 %), which the per-channel statistics model."""
-        if not self.ready(x, ctx) or not self.normal[x.name] or not _homogeneous(ctx.evaluate):
+        if not self.ready(x, ctx) or not _homogeneous(ctx.evaluate):
+            return False
+        if not self.normal[x.name] and _channels(self.shape[x.name]) is None:
             return False
         mu, cov = self.mean[x.name], self.cov[x.name][x.name]
         sd = cov.diagonal().clamp_min(0.0).sqrt()
@@ -181,7 +184,42 @@ class Joint:
         cross = {q: slope.reshape(-1, 1) * self.get(x.name, q) for q in self.mean}
         own = mehler(c.to(cov), second.to(cov), cov, sd)                 # c: (D, K+1)
         self._store(ctx.node, c[:, 0].to(cov), self.shape[x.name], cross, own, False)
+        y = self.est.get(ctx.node.name)
+        if not self.normal[x.name] and isinstance(y, Moments):
+            self.match(ctx.node.name, y)          # marginals from the shape-aware statistics
         return True
+
+    def channel_stats(self, name: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-channel mean and variance (over positions) of node `name`, (C,) each."""
+        ids = _channels(self.shape[name])
+        if ids is None:
+            return None
+        c = int(ids.max()) + 1
+        n = torch.bincount(ids, minlength=c).to(self.mean[name])
+        mu = self.mean[name]
+        m = torch.zeros(c, dtype=mu.dtype).index_add_(0, ids, mu) / n
+        second = self.cov[name][name].diagonal() + (mu - m[ids]) ** 2
+        return m, torch.zeros(c, dtype=mu.dtype).index_add_(0, ids, second) / n
+
+    def match(self, name: str, y: Moments) -> None:
+        """Shift and scale node `name` channel by channel to y's per-channel mean and variance,
+        keeping its correlations."""
+        found = self.channel_stats(name)
+        mean_c, local_c, shared_c = y.channel_stats()
+        if found is None or mean_c.numel() != found[0].numel() or y.axis is None:
+            return
+        ids = _channels(self.shape[name])
+        m, v = found
+        scale = torch.where(v > 0, ((local_c + shared_c).to(v) / v.clamp_min(1e-30)).sqrt(),
+                            torch.ones_like(v))[ids]
+        mu = self.mean[name]
+        self.mean[name] = mean_c.to(mu)[ids] + (mu - m[ids]) * scale
+        for other, cv in self.cov[name].items():
+            cv = cv * scale.reshape(-1, 1)
+            self.cov[name][other] = cv * scale.reshape(1, -1) if other == name else cv
+        for other, row in self.cov.items():
+            if other != name and name in row:
+                row[name] = row[name] * scale.reshape(1, -1)
 
     def dropout(self, ctx: MapContext, x: fx.Node, p: float) -> bool:
         if not self.ready(x, ctx):
@@ -237,6 +275,13 @@ def layer(ctx: MapContext, x: fx.Node, forward: Callable[[torch.Tensor], torch.T
         log.debug("autoinit: no covariance for layer %s: %r", ctx.node.name, e)
         return None
     return joint.pooled(ctx.node.name)
+
+
+def _channels(shape: tuple) -> Optional[torch.Tensor]:
+    """The channel of each element of a per-sample (C, *spatial) or (features,) shape."""
+    if not shape:
+        return None
+    return torch.arange(shape[0]).repeat_interleave(math.prod(shape[1:]))
 
 
 def _homogeneous(f: Callable[[torch.Tensor], torch.Tensor]) -> bool:

@@ -82,8 +82,21 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
         w = ctx.layers.uncentred(name, weight, seen, groups)
         y = outputs(w)
     exact = gauss.layer(ctx, ctx.raw_args[0], _forward(ctx, geometry, w, b))
+    if exact is not None:
+        y = _channels_from(ctx.layers.joint, ctx.node.name, y)
     y = ctx.layers.rescale(name, weight, y, ctx.node.name, exact)
     return ctx.layers.output(name, sample_scales(ctx, seen, y))
+
+
+def _channels_from(joint: Any, name: str, y: Moments) -> Moments:
+    """y with its per-channel mean and variance taken from the full covariance (shared part
+    in proportion)."""
+    found = joint.channel_stats(name)
+    if found is None or y.axis is None or found[0].numel() != y.channels:
+        return y
+    m, v = (t.double() for t in found)
+    ratio = torch.where(y.var > 0, v / y.var.clamp_min(1e-300), torch.ones_like(y.var))
+    return y.like(m.expand_as(y.mean), v.expand_as(y.var), y.shared * ratio)
 
 
 def _forward(ctx: MapContext, geometry: Any, w: torch.Tensor, b: Optional[torch.Tensor]
