@@ -148,3 +148,38 @@ def test_attention_keeps_to_the_per_channel_statistics():
     initlab.autoinit(model, x, seed=0, distribution="orthogonal", centered=True,
                      covariance_limit=8192)
     assert _worst(model, torch.randn(4096, 8, 32)) < 0.25     # +134 % at `o` before the fix
+
+
+class Residual(nn.Module):
+    """Blocks relu(h + conv(relu(conv(h)))) on 6x6 maps: the ReLU after each sum reads a
+    rectified skip, far from Gaussian."""
+
+    def __init__(self, blocks: int = 6, width: int = 12):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.a = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(blocks))
+        self.b = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(blocks))
+        self.classifier = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        for a, b in zip(self.a, self.b):
+            h = F.relu(h + b(F.relu(a(h))))
+        return self.classifier(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_residual_stream_within_target_with_the_covariance(seed):
+    """Per-channel statistics alone: 45 % and 38 % (seeds 0, 2); with the covariance (the
+    residual sums' ReLUs by the Mehler series, their per-channel marginals from the
+    shape-aware statistics): 20 % and 18 %."""
+    x = torch.randn(64, 3, 6, 6)
+    worst = {}
+    for limit in (0, 8192):
+        torch.manual_seed(seed)
+        model = Residual()
+        initlab.autoinit(model, x, seed=seed, distribution="orthogonal", centered=True,
+                         covariance_limit=limit)
+        worst[limit] = _worst(model, torch.randn(20_000, 3, 6, 6,
+                                                 generator=torch.Generator().manual_seed(1)))
+    assert worst[8192] < 0.25 < 0.35 < worst[0]
