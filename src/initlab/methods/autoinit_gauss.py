@@ -14,11 +14,14 @@ itself and every other live node, (D, D'):
 - linear operations (weighted layers with the drawn weights, sums, concatenation, reshapes,
   average pooling, means): y = A u + b on the stacked inputs u; A is applied by running the
   operation itself on a batch of columns, A v = op(v) - op(0);
-- elementwise f of a Gaussian node (a weighted layer's output, or sums of such):
-  E[f(x_i) f(x_j)] = sum_n c_n(i) c_n(j) rho_ij^n (Mehler), c_n(i) the normalized Hermite
-  coefficients of f under x_i's mean and variance; Cov(f(x), z) = diag(E f'(x)) Cov(x, z) for
-  any other node z (Stein's lemma; E f' = c_1 / sd). f of anything else (a ReLU after a
-  rectified skip connection) is left to the per-channel statistics;
+- positively homogeneous elementwise f (ReLU, leaky ReLU): E[f(x_i) f(x_j)] =
+  sum_n c_n(i) c_n(j) rho_ij^n (Mehler), c_n(i) the normalized Hermite coefficients of f under
+  x_i's mean and variance; Cov(f(x), z) = diag(E f'(x)) Cov(x, z) for any other node z
+  (Stein's lemma; E f' = c_1 / sd). Exact for a Gaussian x (a weighted layer's output, sums of
+  such). For a sum with a rectified skip connection, relu(x + branch), which is far from
+  Gaussian, the series gives the correlations and each channel's mean and variance are taken
+  from the per-channel statistics, which follow the distribution's shape (`match`). Weighted
+  layers hand their exact per-channel mean and variance back to those statistics;
 - inverted dropout: the mask adds (E x^2) p / (1 - p) to the diagonal.
 
 A node whose operation is not one of these has no covariance; the next node that needs it gets
@@ -166,9 +169,10 @@ class Joint:
         return True
 
     def elementwise(self, ctx: MapContext, x: fx.Node) -> bool:
-        """f(x) for a Gaussian x and a positively homogeneous f (ReLU, leaky ReLU, ...) only.
-        A ReLU of a sum with a rectified skip connection, say, is left to the per-channel
-        statistics, which follow the distribution's shape. So is a SiLU or tanh: a layer's
+        """f(x) for a positively homogeneous f (ReLU, leaky ReLU, ...) only; for x not
+        Gaussian (a sum with a rectified skip connection) the marginals then come from the
+        per-channel statistics, which follow the distribution's shape. A SiLU or tanh is
+        left to those statistics altogether: a layer's
         units share each sample's overall scale (a signal from a narrow input varies a lot
         in it), which a Gaussian of the same covariance lacks; f(s x) = s f(x) makes that
         scale drop out of the second moments, and other functions turn it into a drift
