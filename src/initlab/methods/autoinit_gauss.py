@@ -171,12 +171,12 @@ class Joint:
     def elementwise(self, ctx: MapContext, x: fx.Node) -> bool:
         """f(x) for a positively homogeneous f (ReLU, leaky ReLU, ...) only; for x not
         Gaussian (a sum with a rectified skip connection) the marginals then come from the
-        per-channel statistics, which follow the distribution's shape. A SiLU or tanh is
-        left to those statistics altogether: a layer's
-        units share each sample's overall scale (a signal from a narrow input varies a lot
-        in it), which a Gaussian of the same covariance lacks; f(s x) = s f(x) makes that
-        scale drop out of the second moments, and other functions turn it into a drift
-        (a 20-layer SiLU MLP: +56 %), which the per-channel statistics model."""
+        per-channel statistics, which follow the distribution's shape. A SiLU or tanh is left
+        to those statistics altogether: a layer's units share each sample's overall scale (a
+        signal from a narrow input varies a lot in it), which a Gaussian of the same
+        covariance lacks; f(s x) = s f(x) makes that scale drop out of the second moments,
+        and other functions turn it into a drift (a 20-layer SiLU MLP: +56 %), which the
+        per-channel statistics model."""
         if not self.ready(x, ctx) or not _homogeneous(ctx.evaluate):
             return False
         if not self.normal[x.name] and _channels(self.shape[x.name]) is None:
