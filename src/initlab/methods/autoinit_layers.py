@@ -89,14 +89,18 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
 
 
 def _channels_from(joint: Any, name: str, y: Moments) -> Moments:
-    """y with its per-channel mean and variance taken from the full covariance (shared part
-    in proportion)."""
+    """y with each channel's mean and variance, averaged over samples, taken from the full
+    covariance; each sample keeps its own deviation from them (`sample_scales`), and the
+    shared part its proportion."""
     found = joint.channel_stats(name)
     if found is None or y.axis is None or found[0].numel() != y.channels:
         return y
     m, v = (t.double() for t in found)
-    ratio = torch.where(y.var > 0, v / y.var.clamp_min(1e-300), torch.ones_like(y.var))
-    return y.like(m.expand_as(y.mean), v.expand_as(y.var), y.shared * ratio)
+    mean, var = y.mean.reshape(-1, y.channels), y.var.reshape(-1, y.channels)
+    avg = var.mean(0)
+    ratio = torch.where(avg > 0, v / avg.clamp_min(1e-300), torch.ones_like(avg))
+    return y.like((mean + (m - mean.mean(0))).reshape(y.mean.shape),
+                  (var * ratio).reshape(y.var.shape), y.shared * ratio.reshape(-1))
 
 
 def _forward(ctx: MapContext, geometry: Any, w: torch.Tensor, b: Optional[torch.Tensor]
