@@ -18,6 +18,7 @@ from initlab.methods.autoinit_gauss import (
     from_moments,
     mehler,
 )
+from initlab.methods.autoinit_layers import _channels_from
 from initlab.methods.autoinit_maps import moments
 
 
@@ -183,3 +184,20 @@ def test_residual_stream_within_target_with_the_covariance(seed):
         worst[limit] = _worst(model, torch.randn(20_000, 3, 6, 6,
                                                  generator=torch.Generator().manual_seed(1)))
     assert worst[8192] < 0.25 < 0.35 < worst[0]
+
+
+def test_channel_statistics_from_the_covariance_keep_each_samples_deviation():
+    """The full covariance sets each channel's sample-averaged mean and variance; the spread
+    of the samples' own scales (what `sample_scales` models for SiLU/GELU) stays."""
+    class Joint:
+        def channel_stats(self, name):
+            return torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5])
+
+    var = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]])             # (S, C)
+    y = moments(torch.tensor([[0.0, 1.0], [0.5, 1.0], [1.0, 1.0]]), var, 0.25 * var, axis=1)
+    z = _channels_from(Joint(), "node", y)
+    torch.testing.assert_close(z.mean.mean(0), torch.tensor([1.0, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(z.var.mean(0), torch.tensor([4.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(z.var / z.var.mean(0), var.double() / var.double().mean(0))
+    torch.testing.assert_close(z.mean - z.mean.mean(0), y.mean - y.mean.mean(0))
+    torch.testing.assert_close(z.shared, 0.25 * z.var)
