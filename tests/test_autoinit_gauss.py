@@ -11,13 +11,7 @@ from torch import nn
 
 import initlab
 from initlab.methods import autoinit_spatial as spatial
-from initlab.methods.autoinit_gauss import (
-    TERMS,
-    _hermite_coefficients,
-    _homogeneous,
-    from_moments,
-    mehler,
-)
+from initlab.methods.autoinit_gauss_math import TERMS, _homogeneous, from_moments, hermite, mehler
 from initlab.methods.autoinit_layers import _channels_from
 from initlab.methods.autoinit_maps import moments
 
@@ -29,7 +23,7 @@ def test_mehler_series_matches_monte_carlo(f):
     cov = a @ a.T / 5 + 0.2 * torch.eye(5, dtype=torch.float64)       # correlated, 0.3-0.9
     mu = torch.tensor([0.0, 0.5, -0.4, 0.2, 1.0], dtype=torch.float64)
     sd = cov.diagonal().sqrt()
-    c, second = _hermite_coefficients(f, mu, sd, 128)
+    c, second = hermite(f, mu, sd, 128)
     predicted = mehler(c, second, cov, sd)
     x = mu + torch.randn(400_000, 5, generator=g, dtype=torch.float64) @ \
         torch.linalg.cholesky(cov).T
