@@ -96,15 +96,20 @@ class Joint:
 
     def scale(self, name: str, f: float) -> None:
         """The weights of node `name` were multiplied by sqrt(f) (its bias is 0)."""
-        if name not in self.mean:
-            return
-        r = math.sqrt(f)
-        self.mean[name] = self.mean[name] * r
-        for other, c in self.cov[name].items():
-            self.cov[name][other] = c * (f if other == name else r)
+        if name in self.mean:
+            self.mean[name] = self.mean[name] * math.sqrt(f)
+            self._scale_covariances(name, torch.tensor(math.sqrt(f), dtype=self.dtype))
+
+    def _scale_covariances(self, name: str, s: torch.Tensor) -> None:
+        """Node `name` becomes s * (itself - its mean) + ...: its covariances with every node
+        scale by s on its side (`s` a scalar or one factor per element, (D,))."""
+        col = s.reshape(-1, 1) if s.dim() else s
+        for other, cv in self.cov[name].items():
+            cv = cv * col
+            self.cov[name][other] = cv * s.reshape(1, -1) if other == name else cv
         for other, row in self.cov.items():
             if other != name and name in row:
-                row[name] = row[name] * r
+                row[name] = row[name] * s.reshape(1, -1)
 
     def pooled(self, name: str) -> tuple[float, float]:
         """Mean and variance over all elements and samples of node `name`."""
@@ -154,13 +159,11 @@ class Joint:
         if tuple(mean.shape[1:]) != tuple(out[1:]) or \
                 not _linear_per_sample(apply, sum(sizes), self.dtype):
             return False
-        live = [q for q in self.mean if q not in (n.name for n in inputs)]
+
         def stacked(q: str) -> torch.Tensor:                           # Cov(u, q)
             parts = [self.get(n.name, q) for n in inputs]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
-        cross = {q: apply(stacked(q)) for q in live}
-        for n in inputs:                                  # Cov(y, input): A Cov(u, input)
-            cross[n.name] = apply(stacked(n.name))
+        cross = {q: apply(stacked(q)) for q in self.mean}    # every live node, inputs included
         a_cov = torch.cat([cross[n.name] for n in inputs], 1) if len(inputs) > 1 \
             else cross[inputs[0].name]                                  # A Cov(u, u): (D, sum)
         normal = mixing or all(self.normal[n.name] for n in inputs)
@@ -176,7 +179,7 @@ class Joint:
         covariance lacks; f(s x) = s f(x) makes that scale drop out of the second moments,
         and other functions turn it into a drift (a 20-layer SiLU MLP: +56 %), which the
         per-channel statistics model."""
-        if not self.ready(x, ctx) or not _homogeneous(ctx.evaluate):
+        if not _homogeneous(ctx.evaluate) or not self.ready(x, ctx):
             return False
         if not self.normal[x.name] and _channels(self.shape[x.name]) is None:
             return False
@@ -217,12 +220,7 @@ class Joint:
                             torch.ones_like(v))[ids]
         mu = self.mean[name]
         self.mean[name] = mean_c.to(mu)[ids] + (mu - m[ids]) * scale
-        for other, cv in self.cov[name].items():
-            cv = cv * scale.reshape(-1, 1)
-            self.cov[name][other] = cv * scale.reshape(1, -1) if other == name else cv
-        for other, row in self.cov.items():
-            if other != name and name in row:
-                row[name] = row[name] * scale.reshape(1, -1)
+        self._scale_covariances(name, scale)
 
     def dropout(self, ctx: MapContext, x: fx.Node, p: float) -> bool:
         if not self.ready(x, ctx):
@@ -268,7 +266,7 @@ def layer(ctx: MapContext, x: fx.Node, forward: Callable[[torch.Tensor], torch.T
           ) -> Optional[tuple[float, float]]:
     """A weighted layer y = forward(x) (its drawn weights inside): the pooled (mean, variance)
     of its output, its covariance stored; None without one (map too large, no joint)."""
-    joint: Optional[Joint] = getattr(ctx.layers, "joint", None)
+    joint: Optional[Joint] = ctx.layers.joint
     if joint is None or not isinstance(x, fx.Node):
         return None
     try:
@@ -302,7 +300,7 @@ def _substituted(ctx: MapContext, inputs: list[fx.Node]
                  ) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     """The node's own operation with its input nodes replaced by the given tensors (and
     parameters or buffers it reads by their current values)."""
-    node, module = ctx.node, ctx.module
+    node = ctx.node
     consts = {n: ctx.layers.value(ctx.layers.attr(n)).detach().cpu()
               for n in node.all_input_nodes if n.op == "get_attr"}
 
@@ -310,11 +308,7 @@ def _substituted(ctx: MapContext, inputs: list[fx.Node]
         values = {**{n: c.to(vs[0].dtype) for n, c in consts.items()},
                   **{n: v for n, v in zip(inputs, vs)}}
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
-        if module is not None:
-            return module(*args, **kwargs).to(vs[0].dtype)
-        if node.op == "call_method":
-            return getattr(args[0], str(node.target))(*args[1:], **kwargs).to(vs[0].dtype)
-        return node.target(*args, **kwargs).to(vs[0].dtype)
+        return ctx.call(*args, **kwargs).to(vs[0].dtype)
     return op
 
 

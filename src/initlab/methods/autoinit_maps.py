@@ -199,11 +199,17 @@ class MapContext:
         if self.module is not None:
             p = next(self.module.parameters(), None)
             dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
-            return self.module(z.to(dtype)).double()
+            return self.call(z.to(dtype)).double()
         rest[idx] = z
+        return self.call(*rest, **self.node.kwargs).double()
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run this node's operation (module, Tensor method or function) on these arguments."""
+        if self.module is not None:
+            return self.module(*args, **kwargs)
         if self.node.op == "call_method":
-            return getattr(z, str(self.node.target))(*rest[1:], **self.node.kwargs).double()
-        return self.node.target(*rest, **self.node.kwargs).double()
+            return getattr(args[0], str(self.node.target))(*args[1:], **kwargs)
+        return self.node.target(*args, **kwargs)
 
     def normal(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator, dtype=torch.float64)
