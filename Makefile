@@ -31,7 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/gradinit_cost.py
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""Architecture-aware learning rates (SPEC §5) against a grid search (digits or Fashion-MNIST).
+"""Architecture-aware learning rates (Chen, Wu, Wang & Hanin, ICLR 2024) against a grid search
+(digits or Fashion-MNIST).
 
 A family of MLP and CNN DAGs (stem, cells of Linear/Conv(ReLU) and skip edges summed at nodes,
 head) is initialized with `initlab.archscale_init`, then trained for one epoch of plain SGD at

@@ -1,4 +1,4 @@
-"""AutoInit variance preservation on eight architectures (issue 5, SPEC §4).
+"""AutoInit variance preservation on eight architectures (Bingham & Miikkulainen, AAAI 2023).
 
 For each architecture and seed: build the model (PyTorch's default init), measure every
 Linear/Conv output's variance on a batch of random normal inputs (forward hooks, train mode),

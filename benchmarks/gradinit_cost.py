@@ -8,7 +8,7 @@ For each model, one run measures the median wall time of:
   objective    initlab's objective iteration: first gradient without the double-backward graph,
                look-ahead step, second forward/backward, scale update (|S| = |S~| = 64)
   constraint   initlab's constraint iteration: forward, backward with graph, double backward
-               (Linear/Conv weights through the shortcut of methods/gradinit_shortcut.py)
+               (Linear/Conv weights through the shortcut of methods/gradinit/shortcut.py)
   plain-con    the same without the shortcut (fast_constraint=False): every weight as p = a * w
   authors-obj  an objective iteration that always builds the graph, as the authors' code does
                (also what initlab pays when it wrongly predicts a constraint step)
@@ -36,9 +36,9 @@ from torch import nn
 from initlab.core.loss import default_loss
 from initlab.core.modes import double_backward_attention
 from initlab.core.params import trainable_params
-from initlab.core.scales import ScaleAdam, caps_and_floors
 from initlab.lab.models import ResNet
 from initlab.methods.gradinit import GradInitConfig, GradInitSearch
+from initlab.methods.gradinit.scale_adam import ScaleAdam, caps_and_floors
 
 BATCH = int(os.environ.get("INITLAB_BENCH_BATCH", 64))
 _KEEP: list = []

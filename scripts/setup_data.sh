@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real data sets the lab uses (SPEC §9). All come from Debian packages;
+# Installs the real data sets the lab uses. All come from Debian packages;
 # nothing is downloaded at run time. Without root/apt-get, prints the command to run.
 set -uo pipefail
 pkgs=(dataset-fashion-mnist diatheke sword-text-kjv sword-text-sparv)
@@ -19,6 +19,6 @@ fi
 # tokenized once, cached under $INITLAB_DATA or ~/.cache/initlab (a few seconds; skipped if built).
 py="${INITLAB_PYTHON:-.venv/bin/python}"
 if command -v diatheke >/dev/null && [ -x "$py" ]; then
-  "$py" -m initlab.lab.translation_data || echo "initlab: could not build the Bible corpus" >&2
+  "$py" -m initlab.lab.translation.data || echo "initlab: could not build the Bible corpus" >&2
 fi
 exit 0

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import initlab
-from method_helpers import Block, assert_same, batches, snapshot
+from helpers.methods import Block, assert_same, batches, snapshot
 
 ISSUE_METHODS = ["gradinit", "metainit", "lsuv", "fixup", "skipinit", "zero", "tfixup", "emergence",
                  "kaiming", "xavier", "orthogonal"]

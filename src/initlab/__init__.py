@@ -8,6 +8,7 @@
 from . import methods  # noqa: F401  (registers every method)
 from .core.report import InitReport, apply
 from .core.residual import mark_residual_branch, residual_branches
+from .core.version import __version__
 from .methods.archscale import archscale_init, archscale_lr, path_depths
 from .methods.autoinit import AutoInitConfig, autoinit
 from .methods.autoinit_maps import Moments, register_moment_map
@@ -22,7 +23,6 @@ from .methods.skipinit import skipinit
 from .methods.tfixup import tfixup
 from .methods.zero import zero as zero_init
 from .registry import available_methods, initialize, method_info
-from .version import __version__
 
 __all__ = [
     "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",

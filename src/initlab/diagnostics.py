@@ -53,8 +53,8 @@ def layer_moments(model: nn.Module, example_input: Any) -> dict[str, tuple[float
 def plot_autoinit(report: "InitReport", measured: dict[str, tuple[float, float]],
                   path: Optional[str | os.PathLike] = None):
     """Predicted (report.history) and measured output variance per initialized layer."""
-    from .plotting import _pyplot
-    plt = _pyplot()
+    from .core.plotting import pyplot
+    plt = pyplot()
     rows = [h for h in report.history if h.get("output_var") is not None]
     names = [h["layer"] for h in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(rows) + 2), 4))

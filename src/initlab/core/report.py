@@ -39,8 +39,8 @@ class InitReport:
 
     def plot(self, path: str | os.PathLike | None = None):
         """Scales per tensor (left) and the search's losses per iteration (right)."""
-        from ..plotting import plot_report
-        return plot_report(self, path)
+        from .plotting import plot_report
+        return plot_report(self.method, self.scales, self.history, path)
 
     def summary(self) -> str:
         vals = list(self.scales.values())

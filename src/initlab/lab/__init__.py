@@ -6,8 +6,8 @@
 
 Needs the `lab` extra (scikit-learn, matplotlib, tqdm): `pip install 'initlab[lab]'`.
 """
+from .compare import CompareConfig, compare, format_table
 from .data import Batches, DataNotFoundError, Dataset, load_dataset
-from .experiments import CompareConfig, compare, format_table
 from .models import MLP, VGG, BasicBlock, ResNet, build_model
 from .train import RunResult, TrainConfig, evaluate, train
 

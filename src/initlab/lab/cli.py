@@ -18,8 +18,8 @@ from typing import Any
 
 from ..registry import available_methods, method_info
 from . import distributed
+from .compare import CompareConfig, compare, format_table
 from .data import DATASETS
-from .experiments import CompareConfig, compare, format_table
 from .models import MODELS
 from .train import TrainConfig
 
@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     _add_compare_args(d, DEMO)
     d.set_defaults(out="runs/demo")
     sub.add_parser("methods", help="list the initialization methods")
-    from .translation_grid import add_subcommand  # the translation lab's grid
+    from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
     return ap
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
     logging.getLogger("initlab.lab").setLevel(level)
     if a.command == "translate-grid":
-        from .translation_grid import main_from_args
+        from .translation.cli import main_from_args
         return main_from_args(a)
     if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
         a.device = distributed.setup(a.device)

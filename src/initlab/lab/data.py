@@ -1,4 +1,4 @@
-"""Real, offline data sets for the lab (SPEC §9), as tensors and a tiny batching helper.
+"""Real, offline data sets for the lab, as tensors and a tiny batching helper.
 
 - `digits`: scikit-learn's `load_digits` (1,797 images 8x8, in the wheel; always present).
   A fixed stratified split: 1,437 train / 360 test.

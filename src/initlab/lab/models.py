@@ -162,7 +162,7 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
         return MLP(in_channels * image_size ** 2, activation=activation,
                    num_classes=num_classes, **sized, **kw)
     if name == "transformer":  # translation: `depth` layers per stack, width d_model; vocab_size=
-        from .transformer import TransformerConfig, TranslationTransformer
+        from .translation.model import TransformerConfig, TranslationTransformer
         sizes = {"encoder_layers": depth, "decoder_layers": depth, "d_model": width}
         return TranslationTransformer(TransformerConfig(
             **{k: v for k, v in sizes.items() if v is not None}, **kw))

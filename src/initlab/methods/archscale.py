@@ -1,7 +1,7 @@
 """Architecture-aware initialization and learning rates from the model's graph.
 
 Chen, Wu, Wang & Hanin, "Principled Architecture-aware Scaling of Hyperparameters", ICLR 2024
-(arXiv 2402.17440); SPEC §5. The model is a DAG of Linear/Conv(+ReLU) edges and summing nodes:
+(arXiv 2402.17440). The model is a DAG of Linear/Conv(+ReLU) edges and summing nodes:
 
 - init (`archscale_init`): He variance divided by the number of tensors summed before the next
   nonlinearity, `Var(W) = gain^2 / (fan_in * d_in)`, biases 0;
@@ -20,18 +20,18 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import fx, nn
 
+from ..core.checks import positive, require
+from ..core.finish import finish, plain_settings, unchanged_on_error
 from ..core.graph import LeafSpec, module_of, trace
-from ..core.params import trainable_params
-from ..core.report import InitReport, mark_applied
+from ..core.report import InitReport
+from ..core.rules import LAYERS, Staged, draw, generator
 from ..registry import register
-from ..version import __version__
-from ._common import LAYERS, Staged, draw, generator, note_unchanged, positive, require
 
 #: Operations that join tensors into one sum (the "node" of the paper's DAG).
 SUMS = {operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub"}
@@ -109,7 +109,7 @@ def path_sum(model: nn.Module, leaf_modules: Sequence[LeafSpec] = ()) -> int:
 
 def archscale_lr(model: nn.Module, base_lr: float, base_model: Optional[nn.Module] = None, *,
                  leaf_modules: Sequence[LeafSpec] = ()) -> float:
-    """The architecture-aware maximal learning rate of `model` (SPEC §5), from `base_lr`, the
+    """The architecture-aware maximal learning rate of `model`, from `base_lr`, the
     learning rate that works for `base_model` (default: a one-hidden-layer network with the same
     kernel size, whose one path has 2 layers)."""
     positive("base_lr", base_lr)
@@ -176,7 +176,7 @@ def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
     gain = torch.nn.init.calculate_gain(cfg.nonlinearity, 0.01)
     gen = generator(cfg.seed)
     staged, history = Staged(), []
-    try:
+    with unchanged_on_error("archscale"):
         gm = trace(model, cfg.leaf_modules)
         for name, d in in_degrees(gm).items():
             m = model.get_submodule(name)
@@ -190,12 +190,4 @@ def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
             staged.zero(m.bias)
             history.append(dict(layer=name, fan_in=fan_in, in_degree=d, weight_std=std))
         staged.commit("archscale")
-    except BaseException as e:
-        note_unchanged(e, "archscale")
-        raise
-    mark_applied(model, "archscale")
-    saved = {k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-             for k, v in asdict(cfg).items()}
-    return InitReport(method="archscale", scales={}, shapes={s.name: list(s.shape) for s in
-                      trainable_params(model)}, history=history, settings=saved,
-                      version=__version__)
+    return finish(model, "archscale", settings=plain_settings(cfg), history=history)

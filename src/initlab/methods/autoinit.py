@@ -38,25 +38,25 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import fx, nn
 
+from ..core.checks import integer, positive, require
+from ..core.finish import finish, plain_settings, unchanged_on_error
 from ..core.graph import LeafSpec, module_of, op_name, tensor_shapes, trace
 from ..core.modes import search_mode
-from ..core.params import trainable_params
-from ..core.report import InitReport, mark_applied
+from ..core.report import InitReport
+from ..core.rules import LAYERS, Staged, generator
 from ..registry import register
-from ..version import __version__
 from . import (  # noqa: F401  (register maps)
     autoinit_attention,
     autoinit_layers,
     autoinit_ops,
     autoinit_pooling,
 )
-from ._common import Staged, generator, integer, note_unchanged, positive, require
 from .autoinit_draws import DISTRIBUTIONS, draw
 from .autoinit_gauss import Joint
 from .autoinit_maps import (
@@ -72,7 +72,7 @@ from .autoinit_maps import (
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 256  # samples whose statistics are propagated separately (see autoinit_layers)
-MIN_CENTERED = 0.1  # least share of sigma^2 a centred weight must pass on (`_Layers.centring_lost`)
+MIN_CENTERED = 0.1  # least share of sigma^2 a centered weight must pass on (`_Layers.centering_lost`)
 
 
 @dataclass
@@ -173,23 +173,23 @@ class _Layers:
         self.done.add(id(weight))
         return w
 
-    def centring_lost(self, name: str, y: Moments) -> bool:
-        """With `centered`: True when the centred weight just drawn passes on less than
+    def centering_lost(self, name: str, y: Moments) -> bool:
+        """With `centered`: True when the centered weight just drawn passes on less than
         `MIN_CENTERED` of sigma^2, i.e. the layer's input is nearly a constant vector (a global
         mean feeding a classifier). Its output would then hang on the small differences between
         the input's channel means, and rescaling would blow the weight up by over
-        sqrt(1 / MIN_CENTERED); the caller draws it again uncentred (`uncentred`)."""
+        sqrt(1 / MIN_CENTERED); the caller draws it again uncentered (`uncentered`)."""
         if not self.cfg.centered or self._just_drawn(name) is None:
             return False
         return y.pooled()[1] < MIN_CENTERED * self.cfg.signal_variance
 
-    def uncentred(self, name: str, weight: torch.Tensor, x: Moments,
+    def uncentered(self, name: str, weight: torch.Tensor, x: Moments,
                   groups: int = 1) -> torch.Tensor:
-        """Draw the weight just drawn for layer `name` again, without centring."""
+        """Draw the weight just drawn for layer `name` again, without centering."""
         h = self.history.pop()
         log.warning("autoinit: layer '%s' reads a nearly constant input (variance %.2g, mean "
-                    "%.2g); centred weights would leave its output to the tiny differences "
-                    "between channels, so it is drawn uncentred", name, h["input_var"],
+                    "%.2g); centered weights would leave its output to the tiny differences "
+                    "between channels, so it is drawn uncentered", name, h["input_var"],
                     h["input_mean"])
         w = self.fresh(name, weight, x, groups, centered=False)
         self.history[-1]["centered"] = False
@@ -332,7 +332,6 @@ def propagate(gm: fx.GraphModule, inputs: tuple, layers: _Layers, cfg: AutoInitC
 
 
 def _check_untouched(model: nn.Module, layers: _Layers) -> None:
-    from ._common import LAYERS
     missed = [n for n, m in model.named_modules() if isinstance(m, LAYERS + (nn.Embedding,))
               and m.weight.requires_grad and id(m.weight) not in layers.done]
     if missed:
@@ -373,21 +372,13 @@ def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: b
     layers = _Layers(cfg, gen)
     leaves = list(cfg.leaf_modules) + [t for t in MODULE_MAPS if t.__module__ != "torch.nn"
                                        and not t.__module__.startswith("torch.nn.modules")]
-    try:
+    with unchanged_on_error("autoinit"):
         gm = trace(model, leaves)
         est = propagate(gm, inputs, layers, cfg, gen)
         _check_untouched(model, layers)
         layers.staged.commit("autoinit")
-    except BaseException as e:
-        note_unchanged(e, "autoinit")
-        raise
-    mark_applied(model, "autoinit")
     log.info("autoinit: %d layers initialized", len(layers.history))
-    saved = {k: (v if isinstance(v, (int, float, str, type(None))) else repr(v))
-             for k, v in asdict(cfg).items()}
-    report = InitReport(method="autoinit", scales={}, shapes={s.name: list(s.shape) for s in
-                        trainable_params(model)}, history=layers.history, settings=saved,
-                        version=__version__)
+    report = finish(model, "autoinit", settings=plain_settings(cfg), history=layers.history)
     if return_estimates:
         return report, {k: v.pooled() for k, v in est.items() if isinstance(v, Moments)}
     return report

@@ -1,5 +1,5 @@
-"""AutoInit moment map for `nn.MultiheadAttention` (a leaf of the traced graph, SPEC §4:
-"attention blocks by composition"): the q/k/v input projections as three Linear layers, each
+"""AutoInit moment map for `nn.MultiheadAttention` (a leaf of the traced graph;
+attention blocks by composition): the q/k/v input projections as three Linear layers, each
 head's scaled-dot-product attention as for `F.scaled_dot_product_attention`
 (`autoinit_pooling.attention_moments`), then the output projection. AutoInit draws the
 projections as it draws any Linear: Var(W) = sigma^2 / (E * E[x^2]) for the block of the packed

@@ -116,8 +116,8 @@ def conv_input(ctx: MapContext, m: Any, x: Moments) -> tuple[Moments, Optional[t
     if reads is None:
         return x, None
     per_tap = reads[0].mean(0)                                   # (T,)
-    centre = ctx.layers.cfg.distribution == "delta-orthogonal"
-    frac = float(per_tap[per_tap.numel() // 2] if centre else per_tap.mean())
+    center = ctx.layers.cfg.distribution == "delta-orthogonal"
+    frac = float(per_tap[per_tap.numel() // 2] if center else per_tap.mean())
     return border(x, frac), reads
 
 

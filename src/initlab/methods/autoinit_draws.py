@@ -1,7 +1,7 @@
 """How AutoInit draws a weight of a given mean square: the distributions of `AutoInitConfig`.
 
 Every distribution gives a tensor whose entries have mean square `std^2`, AutoInit's
-`Var(W) = sigma^2 / (fan_in * E[x^2])` (SPEC §4), so the expected gain of the layer is the same;
+`Var(W) = sigma^2 / (fan_in * E[x^2])`, so the expected gain of the layer is the same;
 they differ in how much that gain fluctuates from one draw to the next:
 
 - "normal" (the paper's) and "uniform": i.i.d. entries. A unit's gain `w^T C w` (C the input's
@@ -11,12 +11,12 @@ they differ in how much that gain fluctuates from one draw to the next:
   out <= fan_in, and a square layer maps every input vector to one of exactly `sqrt(fan_in) * std`
   times its length (Saxe, McClelland & Ganguli, ICLR 2014; `torch.nn.init.orthogonal_`).
 - "delta-orthogonal" (Xiao, Bahri, Sohl-Dickstein, Schoenholz & Pennington, ICML 2018):
-  convolutions get an orthogonal (out, in) matrix at the kernel's centre tap and zeros
+  convolutions get an orthogonal (out, in) matrix at the kernel's center tap and zeros
   elsewhere, carrying the whole weight's energy, so a square conv maps every position's channel
   vector isometrically (times a constant); Linear layers get "orthogonal". Needs odd kernel
   sizes.
 
-`centered=True` (any distribution) makes every unit's weights sum to 0 over its fan-in (centred
+`centered=True` (any distribution) makes every unit's weights sum to 0 over its fan-in (centered
 weights, as in Huang et al., "Centered Weight Normalization", ICCV 2017): a unit then passes on
 none of its input's common mean, so the output units get no random offsets `mu * sum_i w_ji`
 (with i.i.d. weights about mu^2 / E[x^2] of the output variance, ~1/3 after a ReLU), which
@@ -41,7 +41,7 @@ def orthogonal(rows: int, cols: int, gen: Optional[torch.Generator],
     """A (rows, cols) matrix with orthonormal rows (rows <= cols) or columns: the Q of a QR
     decomposition of a Gaussian matrix, signs fixed by R's diagonal (Haar distributed).
     `centered`: every row sums to 0 (orthonormal within the complement of the ones vector
-    when rows < cols; else the rows are centred after orthogonalization)."""
+    when rows < cols; else the rows are centered after orthogonalization)."""
     a = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
     centered = centered and cols > 1                           # one weight per unit: keep it
     inside = centered and rows < cols
@@ -70,7 +70,7 @@ def draw(distribution: str, shape: torch.Size, std: float, groups: int,
     out, cols, taps = shape[0], shape[1], math.prod(shape[2:])
     delta = distribution == "delta-orthogonal" and len(shape) > 2
     if delta and any(k % 2 == 0 for k in shape[2:]):
-        raise ValueError(f"distribution='delta-orthogonal' needs odd kernel sizes (a centre tap), "
+        raise ValueError(f"distribution='delta-orthogonal' needs odd kernel sizes (a center tap), "
                          f"got a kernel of {tuple(shape[2:])}; use distribution='orthogonal'")
     fan = cols if delta else cols * taps                     # the columns of the orthogonal block
     per = out // groups
@@ -79,5 +79,5 @@ def draw(distribution: str, shape: torch.Size, std: float, groups: int,
     if not delta:
         return w.reshape(shape)
     full = torch.zeros(out, cols, taps, dtype=torch.float64)
-    full[:, :, taps // 2] = w * math.sqrt(taps)              # the whole energy at the centre
+    full[:, :, taps // 2] = w * math.sqrt(taps)              # the whole energy at the center
     return full.reshape(shape)

@@ -1,4 +1,4 @@
-"""AutoInit: the exact Gaussian covariance of small feature maps, for the centred rescale.
+"""AutoInit: the exact Gaussian covariance of small feature maps, for the centered rescale.
 
 The per-channel statistics of `Moments` treat different channels, and positions beyond
 `autoinit_spatial.RADIUS`, as uncorrelated, and every position of a channel alike. On small

@@ -2,7 +2,7 @@
 normalization, dropout. See `autoinit_maps.py` for `Moments` and the registry.
 
 Weighted layers ask `ctx.layers.weight(...)` for their weight: AutoInit draws it there with
-Var(W) = sigma^2 / (fan_in * E[x^2]) (SPEC §4) and zeroes the bias; a layer it does not
+Var(W) = sigma^2 / (fan_in * E[x^2]) and zeroes the bias; a layer it does not
 initialize (already drawn, or a second call of a shared layer) gives its current value. Either
 way the output statistics are computed from the actual weights: unit by unit for Linear layers
 (`linear_moments`), and for convolutions also class of positions by class (`autoinit_conv.py`).
@@ -78,8 +78,8 @@ def _weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[t
         return linear_moments(x, w, b, groups, axis) if geometry is None else \
             conv_moments(ctx, geometry, x, reads, w, b, groups, axis)
     y = outputs(w)
-    if ctx.layers.centring_lost(name, y):
-        w = ctx.layers.uncentred(name, weight, seen, groups)
+    if ctx.layers.centering_lost(name, y):
+        w = ctx.layers.uncentered(name, weight, seen, groups)
         y = outputs(w)
     exact = gauss.layer(ctx, ctx.raw_args[0], _forward(ctx, geometry, w, b))
     if exact is not None:

@@ -1,7 +1,7 @@
 """Moment maps for AutoInit: how each operation changes the (mean, variance) of the signal.
 
 Bingham & Miikkulainen, "AutoInit: Analytic Signal-Preserving Weight Initialization for Neural
-Networks", AAAI 2023 (arXiv 2109.08958); formulas from SPEC §4, written from scratch.
+Networks", AAAI 2023 (arXiv 2109.08958); formulas from the paper, written from scratch.
 
 A tensor's statistics are a `Moments(mean, var, shared)`: the mean and variance of its elements,
 and `shared`, the part of `var` common to all positions (pixels, tokens) of one (sample,

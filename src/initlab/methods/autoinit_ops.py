@@ -1,6 +1,7 @@
 """AutoInit moment maps for elementwise functions, arithmetic, concatenation and shape operations
-(SPEC §4): activations by Gauss-Hermite quadrature, sums and products of independent tensors,
-concatenation as a mixture, reshapes as the identity. See `autoinit_maps.py` for `Moments`.
+(Bingham & Miikkulainen 2023): activations by Gauss-Hermite quadrature, sums and products of
+independent tensors, concatenation as a mixture, reshapes as the identity. See `autoinit_maps.py`
+for `Moments`.
 """
 from __future__ import annotations
 

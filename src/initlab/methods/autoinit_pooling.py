@@ -1,6 +1,6 @@
 """AutoInit moment maps for operations that mix positions: pooling and means (average: the
 shared part stays, the local part shrinks; max: Monte Carlo), softmax (Monte Carlo), matrix
-products, scaled-dot-product attention by composition, and constant padding (SPEC §4).
+products, scaled-dot-product attention by composition, and constant padding.
 """
 from __future__ import annotations
 

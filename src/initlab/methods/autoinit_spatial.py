@@ -3,14 +3,14 @@
 A conv's output at one position reads a patch of its input; if neighbouring input positions
 are correlated, the output variance is not `sum_t W_t^2 local` but
 `sum_{t,t'} W_t W_t' local rho(t' - t)`. The cross terms cancel on average over random
-weights, but not for the weights drawn: a depthwise conv's 9 centred taps make its output
-anti-correlated between neighbours, and the next depthwise conv's centred taps turn that into
+weights, but not for the weights drawn: a depthwise conv's 9 centered taps make its output
+anti-correlated between neighbours, and the next depthwise conv's centered taps turn that into
 a gain above 1 (about 4 % per block in a separable CNN). Averages over positions (pooling, the
 global mean) also depend on rho.
 
 `rho` (a `Moments` field) is the correlation of the local part of each channel at the
 spatial offsets within `RADIUS` of 0: a tensor (C, 2R+1, ...) with one dim per spatial dim,
-1 at the centre; None means uncorrelated (white). Beyond the window it is taken as 0.
+1 at the center; None means uncorrelated (white). Beyond the window it is taken as 0.
 Statistics are pooled over samples.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def conv(w: torch.Tensor, kernel: tuple, stride: tuple, dilation: tuple, local: 
 
     w: dense (out, C, T) weight, T = prod(kernel) taps; local: (C,) input local variance.
     Cov(y_j(p), y_j(p + d)) = sum_c local_c sum_{t,t'} W_jct W_jct' rho_c(s d + pos_t' - pos_t).
-    Returns (the off-centre part of the output variance, i.e. the t != t' terms, (out,); rho
+    Returns (the off-center part of the output variance, i.e. the t != t' terms, (out,); rho
     of the output, (out, window...))."""
     dims = len(kernel)
     if rho is None:
@@ -67,10 +67,10 @@ def conv(w: torch.Tensor, kernel: tuple, stride: tuple, dilation: tuple, local: 
     m = lookup(rho, e)                                                  # (C, D, T, T)
     wl = w * local.reshape(1, -1, 1)
     cov = torch.einsum("jct,jcu,cdtu->jd", wl, w, m)                     # (out, D)
-    centre = cov[:, cov.shape[1] // 2]
+    center = cov[:, cov.shape[1] // 2]
     diag = (w.pow(2) * local.reshape(1, -1, 1)).sum((1, 2))
-    out_rho = cov / centre.clamp_min(1e-300).reshape(-1, 1)
-    return centre - diag, out_rho.reshape(w.shape[0], *rho.shape[1:])
+    out_rho = cov / center.clamp_min(1e-300).reshape(-1, 1)
+    return center - diag, out_rho.reshape(w.shape[0], *rho.shape[1:])
 
 
 def elementwise(f: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,

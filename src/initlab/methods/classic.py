@@ -21,21 +21,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..core.checks import require
+from ..core.finish import unchanged_on_error
+from ..core.rules import Staged, detect_activation, draw, generator, leaky_slope, weighted_layers
 from ..registry import register
-from ._common import (
-    Staged,
-    detect_activation,
-    draw,
-    generator,
-    leaky_slope,
-    note_unchanged,
-    require,
-    weighted_layers,
-)
 
 log = logging.getLogger(__name__)
-
-RULES = ("kaiming", "xavier", "orthogonal")
 
 
 @dataclass
@@ -71,7 +62,7 @@ def _apply(rule: str, model: nn.Module, settings: dict[str, Any]) -> None:
     act, slope = activation(model, cfg)
     gain = torch.nn.init.calculate_gain(act, slope) if act else 1.0
     gen, plan = generator(cfg.seed), Staged()
-    try:
+    with unchanged_on_error(rule):
         for _name, m in layers:
             if rule == "kaiming":
                 fill = (torch.nn.init.kaiming_normal_ if cfg.distribution == "normal"
@@ -87,9 +78,6 @@ def _apply(rule: str, model: nn.Module, settings: dict[str, Any]) -> None:
             if cfg.bias == "zero":
                 plan.zero(m.bias)
         plan.commit(rule)
-    except BaseException as e:
-        note_unchanged(e, rule)
-        raise
     log.info("%s: %d layers, nonlinearity %s (gain %.4g)", rule, len(layers), act, gain)
 
 

@@ -21,18 +21,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..core.checks import positive, require
+from ..core.finish import unchanged_on_error
+from ..core.rules import Staged, detect_activation, draw, generator, leaky_slope, weighted_layers
 from ..registry import register
-from ._common import (
-    Staged,
-    detect_activation,
-    draw,
-    generator,
-    leaky_slope,
-    note_unchanged,
-    positive,
-    require,
-    weighted_layers,
-)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +61,7 @@ def emergence(model: nn.Module, **settings: Any) -> None:
     act = detect_activation(model) if cfg.nonlinearity == "auto" else cfg.nonlinearity
     act = act or "relu"
     gen, plan = generator(cfg.seed), Staged()
-    try:
+    with unchanged_on_error("emergence"):
         for (name, m), j in zip(layers, signed_distances(len(layers))):
             if cfg.base == "kaiming":
                 a = leaky_slope(model) if act == "leaky_relu" else 0.0
@@ -82,7 +74,4 @@ def emergence(model: nn.Module, **settings: Any) -> None:
             plan.scale(m.weight, cfg.alpha ** j)
             log.debug("emergence: %s j=%d factor %.4g", name, j, cfg.alpha ** j)
         plan.commit("emergence")
-    except BaseException as e:
-        note_unchanged(e, "emergence")
-        raise
     return None

@@ -24,9 +24,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..core.checks import require
+from ..core.finish import unchanged_on_error
 from ..core.residual import residual_branches
+from ..core.rules import Staged, draw, generator
 from ..registry import register
-from ._common import Staged, draw, generator, note_unchanged, require
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def fixup(model: nn.Module, **settings: Any) -> None:
     inside = {id(m) for br in branches for m in br.branch.modules()}
     head = find_classifier(model, cfg.classifier, inside)
     gen, plan, L = generator(cfg.seed), Staged(), len(branches)
-    try:
+    with unchanged_on_error("fixup"):
         for br in branches:
             layers = br.weighted_layers
             factor = branch_factor(L, len(layers))
@@ -106,9 +108,6 @@ def fixup(model: nn.Module, **settings: Any) -> None:
             plan.zero(head.weight)
             plan.zero(getattr(head, "bias", None))
         plan.commit("fixup")
-    except BaseException as e:
-        note_unchanged(e, "fixup")
-        raise
     log.info("fixup: %d residual branches initialized%s", L,
              "" if head is None else ", classifier zeroed")
     return None

@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from ..core.batches import BatchStream
+from ..core.checks import integer, positive
+from ..core.finish import finish, unchanged_on_error
 from ..core.loss import LossFn, Substituted, checked_loss, default_loss
 from ..core.modes import search_mode, write_params
 from ..core.params import trainable_params
-from ..core.report import InitReport, mark_applied
+from ..core.report import InitReport
+from ..core.rules import draw, generator, weighted_layers
 from ..registry import register
-from ..version import __version__
-from ._common import draw, generator, integer, note_unchanged, positive, weighted_layers
 
 log = logging.getLogger(__name__)
 
@@ -154,57 +155,54 @@ def lsuv(
         loss_fn(Substituted(model, dict(zip(names, (values[n] for n in names)))), batch)
 
     try:
-        with search_mode(model), torch.no_grad(), _no_attention_fastpath():
-            run(stream.next())  # records the forward order
-            order = list(probe.order)
-            missing = [layer_names[id(m)] for m in layers if all(m is not o for o in order)]
-            if missing:
-                log.warning("lsuv: layers never called in a forward keep their pre-init: %s",
-                            ", ".join(missing))
-            for m in order:
-                name, wname = layer_names[id(m)], index[id(m.weight)]
-                where = f"at layer '{name}'"
-                probe.target, factor, first = m, 1.0, None
-                for tries in range(1, cfg.max_tries + 1):  # noqa: B007 (used after the loop)
-                    probe.output = None
-                    try:
-                        run(stream.next())
-                    except _Stop:
-                        pass
-                    out = probe.output
-                    if out is None:
-                        raise RuntimeError(f"layer '{name}' was not called on this batch")
-                    if not bool(torch.isfinite(out).all()):
-                        raise FloatingPointError(f"non-finite output of layer '{name}'")
-                    s = out.float().std().item()
-                    if not s > 0:
-                        raise FloatingPointError(f"the output of layer '{name}' has std {s}: "
-                                                 "nothing to normalize (a dead layer?)")
-                    first = s if first is None else first
-                    values[wname] = values[wname] * (cfg.target_std / s)
-                    factor *= cfg.target_std / s
-                    if abs(s - cfg.target_std) < cfg.tol:  # measured before this last rescale
-                        break
-                else:
-                    log.warning("lsuv: layer '%s' output std %.4g after %d tries (tol %g)",
-                                name, s, cfg.max_tries, cfg.tol)
-                history.append(dict(layer=name, tries=tries, std_first=first, std_last=s,
-                                    factor=factor))
-                log.debug("lsuv: %s std %.4g, last measured %.4g, %d tries", name, first, s, tries)
-            probe.target, where = None, "on the finished model"
-            with torch.enable_grad():  # checked_loss wants a loss that depends on the tensors
-                leaves = {n: values[n].detach().requires_grad_() for n in names}
-                checked_loss(loss_fn, Substituted(model, leaves), stream.next(),
-                             "loss of the initialized model")
-        write_params([s.param for s in specs if s.name in touched],
-                     [values[s.name] for s in specs if s.name in touched])
-    except BaseException as e:
-        note_unchanged(e, "lsuv", where)
-        raise
+        with unchanged_on_error("lsuv", lambda: where):
+            with search_mode(model), torch.no_grad(), _no_attention_fastpath():
+                run(stream.next())  # records the forward order
+                order = list(probe.order)
+                missing = [layer_names[id(m)] for m in layers if all(m is not o for o in order)]
+                if missing:
+                    log.warning("lsuv: layers never called in a forward keep their pre-init: %s",
+                                ", ".join(missing))
+                for m in order:
+                    name, wname = layer_names[id(m)], index[id(m.weight)]
+                    where = f"at layer '{name}'"
+                    probe.target, factor, first = m, 1.0, None
+                    for tries in range(1, cfg.max_tries + 1):  # noqa: B007 (used after the loop)
+                        probe.output = None
+                        try:
+                            run(stream.next())
+                        except _Stop:
+                            pass
+                        out = probe.output
+                        if out is None:
+                            raise RuntimeError(f"layer '{name}' was not called on this batch")
+                        if not bool(torch.isfinite(out).all()):
+                            raise FloatingPointError(f"non-finite output of layer '{name}'")
+                        s = out.float().std().item()
+                        if not s > 0:
+                            raise FloatingPointError(f"the output of layer '{name}' has std {s}: "
+                                                     "nothing to normalize (a dead layer?)")
+                        first = s if first is None else first
+                        values[wname] = values[wname] * (cfg.target_std / s)
+                        factor *= cfg.target_std / s
+                        if abs(s - cfg.target_std) < cfg.tol:  # measured before this last rescale
+                            break
+                    else:
+                        log.warning("lsuv: layer '%s' output std %.4g after %d tries (tol %g)",
+                                    name, s, cfg.max_tries, cfg.tol)
+                    history.append(dict(layer=name, tries=tries, std_first=first, std_last=s,
+                                        factor=factor))
+                    log.debug("lsuv: %s std %.4g, last measured %.4g, %d tries", name, first, s, tries)
+                probe.target, where = None, "on the finished model"
+                with torch.enable_grad():  # checked_loss wants a loss that depends on the tensors
+                    leaves = {n: values[n].detach().requires_grad_() for n in names}
+                    checked_loss(loss_fn, Substituted(model, leaves), stream.next(),
+                                 "loss of the initialized model")
+            write_params([s.param for s in specs if s.name in touched],
+                         [values[s.name] for s in specs if s.name in touched])
     finally:
         probe.close()
-    mark_applied(model, "lsuv")
     scales = {} if cfg.orthonormal else {
         index[id(model.get_submodule(h["layer"]).weight)]: h["factor"] for h in history}
-    return InitReport(method="lsuv", scales=scales, shapes={s.name: list(s.shape) for s in specs},
-                      history=history, settings=asdict(cfg), version=__version__)
+    return finish(model, "lsuv", settings=asdict(cfg), history=history, scales=scales,
+                  specs=specs)

@@ -29,21 +29,15 @@ import torch
 from torch import nn
 
 from ..core.batches import BatchStream
+from ..core.checks import integer, positive, require
+from ..core.finish import finish, unchanged_on_error
 from ..core.loss import LossFn, Substituted, checked_loss, default_loss
-from ..core.modes import search_mode, write_params
+from ..core.modes import double_backward_attention, search_mode, write_params
 from ..core.params import ParamFilter, select_params, trainable_params
 from ..core.progress import progress_bar
-from ..core.report import InitReport, mark_applied
+from ..core.report import InitReport
+from ..core.rules import generator
 from ..registry import register
-from ..version import __version__
-from ._common import (
-    double_backward_attention,
-    generator,
-    integer,
-    note_unchanged,
-    positive,
-    require,
-)
 
 log = logging.getLogger(__name__)
 
@@ -165,49 +159,42 @@ def metainit(
     bar = progress_bar(cfg.steps, progress, "metainit")
     t = 0
     try:
-        with search_mode(model), double_backward_attention():
-            for t in range(cfg.steps):
-                scale = (norms / norm0).tolist()
-                leaves = [(w * (s if k else 1.0)).requires_grad_()
-                          for w, s, k in zip(w0, scale, tuned)]
-                loss = checked_loss(loss_fn, Substituted(model, dict(zip(names, leaves))),
-                                    stream.next(), f"iteration {t}")
-                gq = gradient_quotient(loss, leaves, cfg.eps)
-                if not torch.isfinite(gq):
-                    raise FloatingPointError(f"non-finite gradient quotient {gq.item()} "
-                                             f"(iteration {t})")
-                picked = [p for p, k in zip(leaves, tuned) if k]
-                grads = torch.autograd.grad(gq, picked, allow_unused=True)
-                dots = torch.zeros(len(specs), dtype=acc)
-                dots[active] = torch.stack([
-                    torch.zeros((), dtype=acc) if g is None else
-                    torch.vdot(p.detach().reshape(-1), g.reshape(-1)).to(acc)
-                    for p, g in zip(picked, grads)])
-                if not bool(torch.isfinite(dots).all()):
-                    raise FloatingPointError(f"non-finite GQ gradient (iteration {t})")
-                memory = torch.where(active, cfg.momentum * memory - cfg.lr * dots.sign(), memory)
-                norms = torch.maximum(norms + memory, cfg.min_scale * norm0)
-                history.append(dict(iteration=t, gq=gq.item(), loss=loss.item()))
-                bar.update(1)
-                if (t + 1) % max(1, cfg.steps // 10) == 0:
-                    log.info("metainit %d/%d: GQ %.4g, loss %.4g", t + 1, cfg.steps,
-                             history[-1]["gq"], history[-1]["loss"])
-        scale = (norms / norm0).tolist()
-        write_params([s.param for s, k in zip(specs, tuned) if k],
-                     [w * a for w, a, k in zip(w0, scale, tuned) if k])
-    except BaseException as e:
-        note_unchanged(e, "metainit", f"at iteration {t}")
-        raise
+        with unchanged_on_error("metainit", lambda: f"at iteration {t}"):
+            with search_mode(model), double_backward_attention():
+                for t in range(cfg.steps):
+                    scale = (norms / norm0).tolist()
+                    leaves = [(w * (s if k else 1.0)).requires_grad_()
+                              for w, s, k in zip(w0, scale, tuned)]
+                    loss = checked_loss(loss_fn, Substituted(model, dict(zip(names, leaves))),
+                                        stream.next(), f"iteration {t}")
+                    gq = gradient_quotient(loss, leaves, cfg.eps)
+                    if not torch.isfinite(gq):
+                        raise FloatingPointError(f"non-finite gradient quotient {gq.item()} "
+                                                 f"(iteration {t})")
+                    picked = [p for p, k in zip(leaves, tuned) if k]
+                    grads = torch.autograd.grad(gq, picked, allow_unused=True)
+                    dots = torch.zeros(len(specs), dtype=acc)
+                    dots[active] = torch.stack([
+                        torch.zeros((), dtype=acc) if g is None else
+                        torch.vdot(p.detach().reshape(-1), g.reshape(-1)).to(acc)
+                        for p, g in zip(picked, grads)])
+                    if not bool(torch.isfinite(dots).all()):
+                        raise FloatingPointError(f"non-finite GQ gradient (iteration {t})")
+                    memory = torch.where(active, cfg.momentum * memory - cfg.lr * dots.sign(), memory)
+                    norms = torch.maximum(norms + memory, cfg.min_scale * norm0)
+                    history.append(dict(iteration=t, gq=gq.item(), loss=loss.item()))
+                    bar.update(1)
+                    if (t + 1) % max(1, cfg.steps // 10) == 0:
+                        log.info("metainit %d/%d: GQ %.4g, loss %.4g", t + 1, cfg.steps,
+                                 history[-1]["gq"], history[-1]["loss"])
+            scale = (norms / norm0).tolist()
+            write_params([s.param for s, k in zip(specs, tuned) if k],
+                         [w * a for w, a, k in zip(w0, scale, tuned) if k])
     finally:
         bar.close()
-    mark_applied(model, "metainit")
-    settings_out = asdict(cfg)
-    settings_out.update(params=repr(params), exclude=repr(exclude))
-    return InitReport(
-        method="metainit",
-        scales={s.name: a for s, a, k in zip(specs, scale, tuned) if k},
-        shapes={s.name: list(s.shape) for s in specs},
-        history=history, settings=settings_out, version=__version__,
-    )
+    return finish(model, "metainit", settings=dict(asdict(cfg), params=repr(params),
+                                                   exclude=repr(exclude)),
+                  history=history, specs=specs,
+                  scales={s.name: a for s, a, k in zip(specs, scale, tuned) if k})
 
 

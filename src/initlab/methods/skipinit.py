@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.checks import require
 from ..core.residual import residual_branches
+from ..core.rules import Staged
 from ..registry import register
-from ._common import Staged, require
 from .fixup import NO_BRANCHES
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..core.checks import integer, require
+from ..core.finish import unchanged_on_error
+from ..core.rules import Staged, draw, generator
 from ..registry import register
-from ._common import Staged, draw, generator, integer, note_unchanged, require
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def tfixup(model: nn.Module, **settings: Any) -> None:
     require(n_e >= 1 or "encoder" not in roles.values(), "an encoder embedding needs N_e >= 1: "
             "the model has no TransformerEncoderLayer; pass n_encoder=")
     gen, plan = generator(cfg.seed), Staged()
-    try:
+    with unchanged_on_error("tfixup"):
         embedding_weights = {id(model.get_submodule(n).weight) for n in roles}
         for m in model.modules():
             if isinstance(m, nn.MultiheadAttention):
@@ -156,8 +158,5 @@ def tfixup(model: nn.Module, **settings: Any) -> None:
             shared = "decoder" in found   # a shared embedding takes the decoder's factor
             plan.set(emb.weight, w * embedding_factor(n_d if shared else n_e))
         plan.commit("tfixup")
-    except BaseException as e:
-        note_unchanged(e, "tfixup")
-        raise
     log.info("tfixup: N_e=%d, N_d=%d, %d embeddings", n_e, n_d, len(by_weight))
     return None

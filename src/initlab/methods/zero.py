@@ -7,7 +7,7 @@ and Ones", 2021 (arXiv 2110.12661), Algorithm 1. For a weight of shape (out, in)
     out >  in:  W = I* (H_p / sqrt(p)) I*     p = 2^ceil(log2 out), H_p Sylvester-Hadamard
 
 i.e. the top-left (out, in) block of the normalized Hadamard matrix. A convolution gets that
-matrix at its kernel centre (index k // 2 along each spatial dim) and zeros elsewhere; a grouped
+matrix at its kernel center (index k // 2 along each spatial dim) and zeros elsewhere; a grouped
 convolution gets it per group, so a depthwise one is the identity. Biases are zeroed.
 
 Where initlab departs from the authors' code: normalization by 1/sqrt(p) as in their code (some
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.finish import unchanged_on_error
+from ..core.rules import Staged, weighted_layers
 from ..registry import register
-from ._common import Staged, note_unchanged, weighted_layers
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def zero_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     per_group = n_out // groups
     block = zero_matrix(per_group, n_in)                      # (out / groups, in / groups)
     full = torch.zeros(weight.shape, dtype=torch.float64)
-    centre = tuple(k // 2 for k in weight.shape[2:])
+    center = tuple(k // 2 for k in weight.shape[2:])
     for g in range(groups):
-        full[(slice(g * per_group, (g + 1) * per_group), slice(None)) + centre] = block
+        full[(slice(g * per_group, (g + 1) * per_group), slice(None)) + center] = block
     return full.to(device=weight.device, dtype=weight.dtype)
 
 
@@ -77,14 +78,11 @@ def zero(model: nn.Module, **settings: Any) -> None:
     if not layers:
         raise ValueError("ZerO initializes Linear/Conv1d/2d/3d layers and the model has none")
     plan = Staged()
-    try:
+    with unchanged_on_error("zero"):
         for _name, m in layers:
             plan.set(m.weight, zero_weight(m.weight, getattr(m, "groups", 1)))
             if cfg.zero_bias:
                 plan.zero(m.bias)
         plan.commit("zero")
-    except BaseException as e:
-        note_unchanged(e, "zero")
-        raise
     log.info("zero: %d layers initialized", len(layers))
     return None

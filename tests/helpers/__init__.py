@@ -1,0 +1,1 @@
+"""Shared by the tests: tiny models, snapshots, distributed workers, a reference GradInit."""

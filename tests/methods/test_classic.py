@@ -1,0 +1,84 @@
+"""Kaiming, Xavier, orthogonal: the variances and structure of their papers, gains, biases."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import initlab
+from helpers.methods import assert_same, snapshot
+
+
+def net(act=nn.ReLU):
+    return nn.Sequential(nn.Conv2d(8, 32, 3), act(), nn.Flatten(), nn.Linear(32 * 4, 200), act(),
+                         nn.Linear(200, 10))
+
+
+def close(measured, expected, rel=0.05):
+    assert abs(measured / expected - 1) < rel, (measured, expected)
+
+
+@pytest.mark.parametrize("act,gain", [(nn.ReLU, math.sqrt(2)), (nn.Tanh, 5 / 3),
+                                      (lambda: nn.LeakyReLU(0.2), math.sqrt(2 / (1 + 0.2 ** 2)))])
+def test_kaiming_fan_in_gain_from_the_activation(act, gain):
+    model = net(act)
+    initlab.initialize(model, "kaiming", seed=0)
+    close(model[0].weight.std().item(), gain / math.sqrt(8 * 9))      # conv fan_in = in * k * k
+    close(model[3].weight.std().item(), gain / math.sqrt(128))
+    assert all(torch.count_nonzero(m.bias) == 0 for m in (model[0], model[3], model[5]))
+
+
+def test_kaiming_fan_out_uniform_and_explicit_nonlinearity():
+    model = net()
+    initlab.initialize(model, "kaiming", mode="fan_out", distribution="uniform",
+                       nonlinearity="tanh", seed=0)
+    bound = 5 / 3 * math.sqrt(3 / (32 * 9))                            # fan_out = out * k * k
+    w = model[0].weight.detach()
+    assert 0.95 * bound < w.abs().max() <= bound
+
+
+def test_xavier_uniform_and_normal():
+    model = net()
+    bias = model[3].bias.detach().clone()
+    initlab.initialize(model, "xavier", seed=0, bias="keep")
+    bound = math.sqrt(6 / (128 + 200))                                 # gain 1 (the paper)
+    assert 0.95 * bound < model[3].weight.abs().max() <= bound
+    assert torch.equal(model[3].bias, bias)
+    initlab.initialize(model, "xavier", distribution="normal", seed=0)
+    close(model[3].weight.std().item(), math.sqrt(2 / (128 + 200)))
+    assert torch.count_nonzero(model[3].bias) == 0
+
+
+@pytest.mark.parametrize("nonlinearity,gain", [("linear", 1.0), ("auto", math.sqrt(2))])
+def test_orthogonal(nonlinearity, gain):
+    model = net()
+    initlab.initialize(model, "orthogonal", nonlinearity=nonlinearity, seed=0)
+    for layer in (model[0], model[3], model[5]):
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, gain ** 2 * torch.eye(gram.shape[0], dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+
+
+def test_seeded_and_leaves_other_modules():
+    a = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    b = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    bn = snapshot(a[1])
+    for rule in ("kaiming", "xavier", "orthogonal"):
+        initlab.initialize(a, rule, seed=5)
+        initlab.initialize(b, rule, seed=5)
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q)
+    assert_same(a[1], bn)
+
+
+def test_refusals_leave_the_model_unchanged():
+    model = net()
+    before = snapshot(model)
+    with pytest.raises(ValueError):
+        initlab.initialize(model, "kaiming", nonlinearity="swishy")
+    with pytest.raises(ValueError, match="mode"):
+        initlab.initialize(model, "kaiming", mode="fan_avg")
+    with pytest.raises(ValueError, match="Linear/Conv"):
+        initlab.initialize(nn.Sequential(nn.ReLU()), "xavier")
+    assert_same(model, before)
