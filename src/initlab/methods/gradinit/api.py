@@ -191,3 +191,13 @@ def gradinit(
                   history=history, specs=specs,
                   scales={s.name: a for s, a, k in zip(specs, opt.alpha.tolist(), scaled.tolist()) if k})
 
+
+@register("gradinit-authors", needs_data=True,
+          description="GradInit exactly as the authors' code runs it (faithful=True)",
+          paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
+def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitReport:
+    """`gradinit(model, data, faithful=True, **settings)`: the authors' algorithm and batch drawing."""
+    if settings.get("faithful") is False:
+        raise ValueError("gradinit-authors is GradInit with faithful=True; use gradinit for the "
+                         "default search")
+    return gradinit(model, data, **dict(settings, faithful=True))

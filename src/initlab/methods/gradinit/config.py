@@ -29,6 +29,7 @@ class GradInitConfig:
     fast_constraint: bool = True   # constraint steps: Linear/Conv through their outputs (same
                                    # gradient, fewer convolutions; shortcut.py)
     batching: str = "auto"         # "concat": S = B0 u B1; "split": thirds of one batch; "auto"
+    faithful: bool = False         # True: the authors' algorithm exactly, batch drawing included
 
     def validate(self) -> None:
         if self.target not in TARGETS:
