@@ -380,6 +380,14 @@ def run_one(name: str, seed: int, example: int, batch: int, settings: dict) -> d
 
 
 # -- table ----------------------------------------------------------------------------------------
+def percent(x: float, signed: bool = False) -> str:
+    """A relative error in percent; a blown-up one (over 1000 %) in scientific notation."""
+    p = 100 * x
+    if abs(p) >= 1000:
+        return f"{p:{'+' if signed else ''}.0e}"
+    return f"{p:{'+' if signed else ''}.{0 if signed else 1}f}"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per network, the worst layer's |var - 1| median and max over seeds, the seeds
     with every layer within 35 %, each seed's signed worst, and seconds per call."""
@@ -392,10 +400,10 @@ def table(rows: list[dict]) -> str:
         devs = [abs(r["worst"]) for r in runs]
         secs = statistics.median(r["seconds"] for r in runs)
         ratio = statistics.median(r["seconds"] / r["forward"] for r in runs)
-        per_seed = ", ".join(f"{100 * r['worst']:+.0f}" for r in runs)
+        per_seed = ", ".join(percent(r["worst"], signed=True) for r in runs)
         ok = sum(r["within_35"] for r in runs)
-        lines.append(f"| {name} | {runs[0]['layers']} | {100 * statistics.median(devs):.1f} % "
-                     f"({100 * max(devs):.1f}) | {ok} / {len(runs)} | {per_seed} | "
+        lines.append(f"| {name} | {runs[0]['layers']} | {percent(statistics.median(devs))} % "
+                     f"({percent(max(devs))}) | {ok} / {len(runs)} | {per_seed} | "
                      f"{secs:.2f} ({ratio:.0f}×) |")
     total = sum(r["within_35"] for r in rows)
     lines.append(f"\n(network, seed) runs with every layer within 35 %: {total} / {len(rows)}")
