@@ -9,7 +9,7 @@ the paper's formulas. Where it departs, and why:
 - by default each drawn weight is scaled so that its predicted output variance is exactly
   sigma^2 (`rescale=False`: the paper's draw as it falls);
 - chains of elementwise operations on one tensor are one function of it (`elementwise.fused`);
-  non-normal laws are carried as quantiles where an activation makes them (`moments.py`);
+  non-normal laws are carried as quantiles where an activation makes them (`statistics.py`);
 - models that `torch.fx` cannot trace (Hugging Face Transformers) are traced with
   `torch.export` (`core.graph`).
 The example input gives shapes only, unless `input_moments="measure"`; nothing measured on it

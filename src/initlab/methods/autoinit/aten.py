@@ -54,4 +54,4 @@ for _name in LAYOUT:
         register_moment_map(_packet(_name), None, per_channel=True, layout=True)
 for _name, _fn in OTHERS.items():
     if _packet(_name) is not None:
-        register_moment_map(_packet(_name), _fn, per_channel=True, keeps_profile=True)
+        register_moment_map(_packet(_name), _fn, per_channel=True)

@@ -15,33 +15,31 @@ import torch
 from torch import nn
 
 from .context import MapContext
-from .layers import draw, read, weighted
-from .moments import Moments
+from .layers import draw, outputs, weighted
 from .pooling import attention_moments, key_counts
 from .registry import register_moment_map
+from .statistics import Moments
 
 
 def _projections(ctx: MapContext, m: nn.MultiheadAttention, inputs: list[Moments],
                  shapes: list[tuple[int, ...]]) -> list[Moments]:
     """The statistics of q, k, v after their projections (drawing them on the first call)."""
     name, plan = ctx.name, ctx.weights
-    dims = [len(s) - 1 for s in shapes]
     if m._qkv_same_embed_dim:
         packed = m.in_proj_weight
         blocks = plan.value(packed).detach().double().cpu().chunk(3)
         if plan.settled(packed):
-            return [read(ctx, name, b, None, x, d, None, 1, s)[1]
-                    for b, x, d, s in zip(blocks, inputs, dims, shapes)]
-        drawn = [draw(ctx, f"{name}.in_proj_weight[{p}]", b, None, x, d, None, 1, s)
-                 for p, b, x, d, s in zip("qkv", blocks, inputs, dims, shapes)]
+            return [outputs(x, s, None, b, None) for b, x, s in zip(blocks, inputs, shapes)]
+        drawn = [draw(ctx, f"{name}.in_proj_weight[{p}]", b, x, s, None)
+                 for p, b, x, s in zip("qkv", blocks, inputs, shapes)]
         plan.stage(packed, torch.cat([w for w, _ in drawn]))
         plan.zero(m.in_proj_bias)
         return [y for _, y in drawn]
     weights = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
     if not plan.settled(weights[0]):
         plan.zero(m.in_proj_bias)
-    return [weighted(ctx, f"{name}.{p}_proj_weight", w, None, x, d, shape=s)
-            for p, w, x, d, s in zip("qkv", weights, inputs, dims, shapes)]
+    return [weighted(ctx, f"{name}.{p}_proj_weight", w, None, x, shape=s)
+            for p, w, x, s in zip("qkv", weights, inputs, shapes)]
 
 
 def multihead_attention(ctx: MapContext) -> Any:
@@ -51,22 +49,22 @@ def multihead_attention(ctx: MapContext) -> Any:
     inputs = [ctx.arg(i, n) for i, n in enumerate(("query", "key", "value"))]
     if not all(isinstance(x, Moments) for x in inputs):
         return NotImplemented
-    shapes = [ctx.shape(r) for r in raw]
-    q, k, v = _projections(ctx, m, inputs, shapes)
+    full = [ctx.shape(r) for r in raw]
+    q, k, v = _projections(ctx, m, inputs, [tuple(s[1:]) for s in full])
     seq = 1 if m.batch_first else 0
-    t_q, t_k = shapes[0][seq], shapes[1][seq]
+    t_q, t_k = full[0][seq], full[1][seq]
     mask = ctx.value(ctx.raw_arg(4, "attn_mask"))
     padding = ctx.value(ctx.raw_arg(3, "key_padding_mask"))
     if isinstance(padding, torch.Tensor):
         keep = ~padding if padding.dtype == torch.bool else torch.isfinite(padding)
         mask = keep.reshape(keep.shape[0], 1, 1, t_k)
     causal = bool(ctx.value(ctx.raw_arg(6, "is_causal", False)))
-    counts = key_counts(ctx, mask, causal, t_q, t_k)
+    counts = key_counts(mask, causal, t_q, t_k)
     d = m.head_dim
     a = attention_moments(ctx, q, k, v, d, counts, 1 / math.sqrt(d),
-                          m.dropout if m.training else 0.0)
+                          m.dropout if m.training else 0.0, keys=-2 if m.batch_first else -1)
     y = weighted(ctx, f"{ctx.name}.out_proj", m.out_proj.weight, m.out_proj.bias, a,
-                 len(shapes[0]) - 1, shape=shapes[0][:-1] + (m.embed_dim,))
+                 shape=tuple(full[0][1:-1]) + (m.embed_dim,))
     return y, None
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from ...core.graph import GraphRun
-from .moments import Moments
+from .statistics import Moments
 
 if TYPE_CHECKING:
     from .config import AutoInitConfig

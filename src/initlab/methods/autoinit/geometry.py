@@ -1,17 +1,12 @@
-"""Which input each weight of a layer reads, position by position: what AutoInit's weighted-layer
-maps (`layers.py`) sum over.
+"""How a convolution reads its input: `ConvCall` runs a layer's own convolution (stride,
+padding and its mode, dilation, groups) on AutoInit's statistics maps, with any weight.
 
-Away from the borders a convolution is a Linear layer over (in-channels x taps). Near a border
-some taps read the zero padding, so a unit there sums fewer inputs, and its mean (`mu` times the
-sum of its weights on the real taps) differs from the interior's. The taps real at an output
-position depend only on how near it is to each border, so the positions fall into a few classes
-(9 for a 3x3 convolution with padding 1); `Taps` holds them with their sizes, and how strongly
-each tap reads the input's local variance once the input's own profile over positions is
-counted. A Linear layer is the case of one tap and one position.
+Running the operation itself is what makes the statistics exact near the borders: a unit there
+sums fewer real inputs (zero padding reads zeros), so its mean (mu times the sum of its weights
+on the real taps) and its variance differ from the interior's, position by position.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,110 +14,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
 
 @dataclass
-class ConvShape:
+class ConvCall:
     """A convolution's geometry, from a Conv module or a functional call's arguments."""
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: Any                    # a tuple of ints, "same" or "valid"
-    dilation: tuple[int, ...]
+    stride: Any
+    padding: Any                    # ints, "same" or "valid"
+    dilation: Any
+    groups: int
+    dims: int
     padding_mode: str = "zeros"
 
     @classmethod
-    def of(cls, m: nn.Module) -> "ConvShape":
-        return cls(tuple(m.kernel_size), tuple(m.stride), m.padding, tuple(m.dilation),
+    def of(cls, m: nn.Module) -> "ConvCall":
+        return cls(m.stride, m.padding, m.dilation, m.groups, len(m.kernel_size),
                    m.padding_mode)
 
     @classmethod
-    def functional(cls, weight: torch.Tensor, stride: Any, padding: Any,
-                   dilation: Any) -> "ConvShape":
-        dims = weight.dim() - 2
+    def functional(cls, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any,
+                   groups: int) -> "ConvCall":
+        return cls(stride, padding, dilation, groups, weight.dim() - 2)
 
-        def tup(v: Any) -> tuple:
-            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
-        pad = padding if isinstance(padding, str) else tup(padding)
-        return cls(tuple(weight.shape[2:]), tup(stride), pad, tup(dilation))
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None, groups: Optional[int] = None
+                 ) -> torch.Tensor:
+        """The convolution of x (N, C, *spatial) with `weight` (float64), this geometry."""
+        conv = _CONV[self.dims]
+        groups = self.groups if groups is None else groups
+        if self.padding_mode != "zeros" and not isinstance(self.padding, str):
+            pad = []
+            for p in reversed(_tuple(self.padding, self.dims)):
+                pad += [p, p]
+            x = F.pad(x, pad, mode=self.padding_mode)
+            return conv(x, weight, bias, self.stride, 0, self.dilation, groups)
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def reads(self, i: int, size: int) -> torch.Tensor:
-        """(out, k) along spatial dim i: the input position each tap of each output position
-        reads, -1 where it reads zero padding (other padding modes read real values)."""
-        k, d, s = self.kernel_size[i], self.dilation[i], self.stride[i]
-        if self.padding == "valid":
-            before, total = 0, 0
-        elif self.padding == "same":
-            total = d * (k - 1)
-            before = total // 2                                  # PyTorch pads the rest after
-        else:
-            before, total = self.padding[i], 2 * self.padding[i]
-        out = max((size + total - d * (k - 1) - 1) // s + 1, 1)
-        pos = torch.arange(out).reshape(-1, 1) * s - before + torch.arange(k) * d   # (out, k)
-        if self.padding_mode != "zeros":
-            return pos.remainder(size)
-        return torch.where((pos >= 0) & (pos < size), pos, torch.full_like(pos, -1))
+    def ones(self, x: torch.Tensor, taps: tuple[int, ...]) -> torch.Tensor:
+        """Sum of x (1, 1, *spatial) over the taps each output position reads."""
+        k = torch.ones(1, 1, *taps, dtype=torch.float32)
+        return self(x.float(), k, groups=1).double()
 
 
-@dataclass
-class Taps:
-    """Per output position class: which taps read real input (masks (K, T)) and how many
-    positions the class has (counts (K,)); per tap, the input's local variance it reads
-    relative to the map's mean (`seen`, (T,)); per output position and tap the same, for the
-    output's profile (`profile_reads`, (P, T)); the output's spatial shape."""
-    masks: torch.Tensor
-    counts: torch.Tensor
-    seen: torch.Tensor
-    profile_reads: torch.Tensor
-    real: torch.Tensor
-    out_spatial: tuple[int, ...]
-
-    @classmethod
-    def dense(cls) -> "Taps":
-        one = torch.ones(1, 1, dtype=torch.float64)
-        return cls(one, torch.ones(1, dtype=torch.float64), one[0], one, one, ())
-
-    @property
-    def fraction(self) -> float:
-        """The share of taps that read real input, over all positions."""
-        return float((self.masks * self.counts.reshape(-1, 1)).sum() /
-                     (self.counts.sum() * self.masks.shape[1]))
-
-
-def conv_taps(conv: ConvShape, spatial: tuple[int, ...],
-              profile: Optional[torch.Tensor]) -> Taps:
-    """The `Taps` of a convolution over an input of this spatial shape; `profile`: the input's
-    local-variance profile over its positions (None: flat)."""
-    image = torch.ones(spatial, dtype=torch.float64) if profile is None else \
-        profile.reshape(spatial).double()
-    seen, out = _gather(conv, spatial, image)
-    real, _ = _gather(conv, spatial, torch.ones(spatial, dtype=torch.float64))
-    masks, counts = torch.unique(real, dim=0, return_counts=True)
-    return Taps(masks, counts.double(), seen.mean(0), seen, real, out)
-
-
-def _gather(conv: ConvShape, sizes: tuple[int, ...], image: torch.Tensor
-            ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(P, T): the value of `image` each of the T taps reads at each of the P output positions
-    (0 on padding), and the output's spatial shape."""
-    d = len(sizes)
-    idx = []
-    for i, size in enumerate(sizes):
-        r = conv.reads(i, size)                                  # (out_i, k_i), -1: padding
-        shape = [1] * (2 * d)
-        shape[i], shape[d + i] = r.shape
-        idx.append(r.reshape(shape))
-    padded = F.pad(image, (0, 1) * d)                            # index -1 reads the added 0
-    seen = padded[tuple(idx)]                                    # (out..., k...)
-    return seen.reshape(-1, math.prod(seen.shape[d:])), tuple(seen.shape[:d])
+def _tuple(v: Any, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
 def dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """(out, in, taps) float64 weight with a grouped layer's blocks placed (zeros elsewhere)."""
+    """(out, in, *kernel) float64 weight with a grouped layer's blocks placed (zeros
+    elsewhere)."""
     w = weight.detach().double().cpu()
-    w = w.reshape(w.shape[0], w.shape[1], -1)
     if groups == 1:
         return w
-    out, per_in, taps = w.shape
-    full = torch.zeros(out, per_in * groups, taps, dtype=torch.float64)
+    out, per_in = w.shape[:2]
+    full = torch.zeros(out, per_in * groups, *w.shape[2:], dtype=torch.float64)
     per_out = out // groups
     for g in range(groups):
         full[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = \

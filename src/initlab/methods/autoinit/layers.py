@@ -5,208 +5,180 @@ addmm: Hugging Face's Conv1D) and Embedding.
 Contract: each weight is drawn at the layer's first call (`WeightPlan`) with the paper's
 Var(W) = sigma^2 / (fan_in * E[x^2]), E[x^2] over the inputs the weights actually read (zero
 padding counts as zeros), its bias zeroed. The output's statistics are then computed from the
-values drawn, unit by unit: for y_j = sum_i W_ji x_i + b_j with independent inputs,
+values drawn, element by element: for y_j = sum_i W_ji x_i + b_j with independent inputs,
 
     E y_j = sum_i W_ji mu_i + b_j,     Var y_j = sum_i W_ji^2 local_i + shared part,
 
 where the shared part (constant over positions) adds up through the sum of a unit's weights
-over the positions it reads. For convolutions this is done per class of output positions with
-the same real taps (`geometry.py`). With `rescale` (the default), the drawn weight is scaled so
-that this prediction is exactly sigma^2; with `centered`, a weight whose centered draw would
-pass on less than a tenth of sigma^2 (its input is nearly constant) is drawn uncentered.
-Skewness and kurtosis add up as cumulants (sum_i W_ji^3 k3_i, ...), so a sum of few inputs (a
-depthwise convolution) keeps its law.
+over the positions it reads. A convolution does this by running itself on the statistics maps
+(`geometry.ConvCall`), so every output position gets its own mean and variance, zero padding
+included. With `rescale` (the default), the drawn weight is scaled so that the predicted output
+variance is exactly sigma^2; with `centered`, a weight whose centered draw would pass on less
+than a tenth of sigma^2 (its input is nearly constant) is drawn uncentered. Skewness and
+kurtosis add up as cumulants (sum_i W_ji^3 k3_i, ...), so a sum of few inputs (a depthwise
+convolution) keeps its law.
 """
 from __future__ import annotations
 
 import logging
 import math
 import operator
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import fx, nn
 
 from .context import MapContext
-from .geometry import ConvShape, Taps, conv_taps, dense
-from .moments import Moments, cornish_fisher, law_cumulants
+from .elementwise import channel_law
+from .geometry import ConvCall, dense
 from .registry import register_moment_map
+from .statistics import Moments, cornish_fisher, law_cumulants
 
 log = logging.getLogger(__name__)
 
 MIN_CENTERED = 0.1  # least share of sigma^2 a centered draw must pass on (else uncentered)
 
 
-@dataclass
-class Features:
-    """A weighted layer's input as rows x features: per-feature statistics (R, n), and whether
-    the features share `shared` (they are positions of one channel) or not (channels)."""
-    mean: torch.Tensor
-    local: torch.Tensor
-    shared: torch.Tensor
-    k3: torch.Tensor
-    k4: torch.Tensor
-    coupled: bool
+def _padded(t: torch.Tensor, nd: int) -> torch.Tensor:
+    return t.reshape((1,) * (nd - t.dim()) + tuple(t.shape))
 
 
-def _stat_block(x: Moments, sizes: list[int], k: Optional[int]) -> Callable[[torch.Tensor],
-                                                                           torch.Tensor]:
-    """A function turning a (C,) statistic into (R, n) rows (feature dim at position k of the
-    channel dims `sizes`, or all rows alike when k is None)."""
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        if k is None:
-            return t.reshape(-1, 1)
-        return t.reshape(sizes).movedim(k, -1).reshape(-1, sizes[k])
-    return rows
+def _law_of(x: Moments, y_var: torch.Tensor, k3: torch.Tensor, k4: torch.Tensor,
+            channels: tuple[int, ...]) -> Optional[torch.Tensor]:
+    """The output's law per channel from its third and fourth cumulants (Cornish-Fisher)."""
+    if x.law is None:
+        return None
+    nd = y_var.dim()
+    var, k3, k4 = (_padded(t, nd) for t in (y_var, k3, k4))
+    for d in range(nd):
+        if d - nd not in channels and var.shape[d] > 1:
+            var, k3, k4 = (t.mean(d, keepdim=True) for t in (var, k3, k4))
+    sd = var.clamp_min(1e-300).sqrt()
+    return cornish_fisher(k3 / sd ** 3, k4 / sd ** 4)
 
 
-def features(x: Moments, shape: tuple[int, ...], dim: int) -> tuple[Features, list[int],
-                                                                     Optional[int]]:
-    """x's statistics as rows x features along `dim` (the dim the layer sums over, of size n);
-    also the channel sizes and the position of `dim` among x's channel dims (None if it is not
-    one: then the n features are positions, alike and sharing `shared`)."""
-    sizes = [shape[a] for a in x.axes]
-    k = x.axes.index(dim) if dim in x.axes else None
-    rows = _stat_block(x, sizes, k)
-    k3, k4 = law_cumulants(x.law)
-    sd = x.var.sqrt()
-    if k3.numel() == 1 and x.channels > 1:
-        k3, k4 = k3.expand(x.channels), k4.expand(x.channels)
-    n = shape[dim]
-    parts = [rows(t).expand(-1, n) for t in (x.mean, x.local, x.shared, k3 * sd ** 3,
-                                               k4 * sd ** 4)]
-    return Features(*parts, coupled=k is None), sizes, k
+def linear_outputs(x: Moments, shape: tuple[int, ...], w: torch.Tensor,
+                   b: Optional[torch.Tensor]) -> Moments:
+    """y = x W^T + b over the last dim, element by element: mean x W^T + b, local variance
+    local W^2^T; the shared part through W^2 if the last dim is a channel dim, else (its n
+    entries are positions sharing one common part) through (sqrt(shared) W^T)^2."""
+    n, nd = shape[-1], len(shape)
+
+    def last(t: torch.Tensor) -> torch.Tensor:
+        t = _padded(t, nd)
+        return t.expand(*t.shape[:-1], n)
+    w2 = w * w
+    mean = last(x.mean) @ w.T + (0.0 if b is None else b.detach().double().cpu())
+    local = last(x.local) @ w2.T
+    shared = last(x.shared) @ w2.T if -1 in x.channels else (last(x.shared).sqrt() @ w.T) ** 2
+    channels = tuple(set(x.channels) | {-1})
+    law = None
+    if x.law is not None:
+        skew, kurt = law_cumulants(channel_law(x))
+        sd = x.var.sqrt()
+        law = _law_of(x, local + shared, last(skew * sd ** 3) @ (w2 * w).T,
+                      last(kurt * sd ** 4) @ (w2 * w2).T, channels)
+    return Moments(mean, local + shared, shared, channels, law, x.scales).compact()
 
 
-def arrange(stat: torch.Tensor, sizes: list[int], k: Optional[int], axes: tuple[int, ...],
-            dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Output rows x units (R, out) back to channels over the output's axes (`dim` joins them
-    when it was not a channel dim)."""
-    out = stat.shape[-1]
-    if k is not None:
-        rest = sizes[:k] + sizes[k + 1:]
-        t = stat.reshape(*rest, out).movedim(-1, k)
-        return t.reshape(-1), axes
-    new = tuple(sorted(axes + (dim,)))
-    t = stat.reshape(*sizes, out).movedim(-1, new.index(dim))
-    return t.reshape(-1), new
+def conv_outputs(x: Moments, shape: tuple[int, ...], conv: ConvCall, w: torch.Tensor,
+                 b: Optional[torch.Tensor]) -> Moments:
+    """A convolution on the statistics maps: the mean through the layer itself (zero padding
+    and all), the local variance through W^2, the shared part through the squared sums of the
+    weights over the taps; per output channel, cumulants through W^3 and W^4."""
+    full = x.expand(shape)
+    f32 = torch.float32                    # statistics need no more; float64 convs are slow
+
+    def run(t: torch.Tensor, k: torch.Tensor, groups: Optional[int] = None) -> torch.Tensor:
+        return conv(t.unsqueeze(0).to(f32), k.to(f32), None, groups)[0].double()
+    mean = run(full.mean, w)
+    if b is not None:
+        mean = mean + b.detach().double().cpu().reshape(-1, *([1] * (len(shape) - 1)))
+    local = run(full.local, w * w)
+    shared = torch.zeros_like(local)
+    if bool((full.shared > 0).any()):
+        # a channel's shared part enters through the sum of a unit's weights over the taps it
+        # reads: (sum_t W_jct)^2 inside; spread evenly over the taps, so that near a border a
+        # unit gets the share of its real taps (unbiased over the weights' signs)
+        taps = math.prod(w.shape[2:])
+        sums = w.flatten(2).sum(2, keepdim=True).pow(2) / taps
+        shared = run(full.shared, sums.expand(-1, -1, taps).reshape(w.shape))
+    channels = (-len(shape),)
+    law = None
+    if x.law is not None:
+        skew, kurt = law_cumulants(channel_law(x))
+        sd = full.var.sqrt().flatten(1).mean(1)                              # (C,)
+        skew = _padded(skew, len(shape)).expand(shape).flatten(1).mean(1)
+        kurt = _padded(kurt, len(shape)).expand(shape).flatten(1).mean(1)
+        wd = dense(w, conv.groups).flatten(2)
+        k3 = (wd ** 3).sum(2) @ (skew * sd ** 3)
+        k4 = (wd ** 4).sum(2) @ (kurt * sd ** 4)
+        tail = (1,) * (len(shape) - 1)
+        law = _law_of(x, (local + shared).flatten(1).mean(1).reshape(-1, *tail),
+                      k3.reshape(-1, *tail), k4.reshape(-1, *tail), channels)
+    return Moments(mean, local + shared, shared, channels, law, x.scales).compact()
 
 
-def output_moments(f: Features, w: torch.Tensor, bias: Optional[torch.Tensor], taps: Taps
-                   ) -> tuple[torch.Tensor, ...]:
-    """Per row and unit (R, out): mean, var, shared, third and fourth cumulant of y = w * x.
-    `w` is dense (out, n, T)."""
-    w2 = w.pow(2)
-    local = f.local @ (w2 * taps.seen).sum(2).T
-    total = float(taps.counts.sum())
-    mean = shared = sq = 0.0
-    for mask, n in zip(taps.masks, taps.counts.tolist()):
-        s = (w * mask).sum(2)                                        # (out, n): real taps here
-        a = f.mean @ s.T                                             # (R, out)
-        mean, sq = mean + n * a, sq + n * a * a
-        if f.coupled:
-            shared = shared + n * f.shared[:, :1] * s.sum(1).pow(2)
-        else:
-            shared = shared + n * (f.shared @ s.pow(2).T)
-    mean, shared = mean / total, shared / total
-    positional = (sq / total - mean ** 2).clamp_min(0.0)            # the mean over positions
-    k3 = f.k3 @ w.pow(3).sum(2).T
-    k4 = f.k4 @ w2.pow(2).sum(2).T
-    b = 0.0 if bias is None else bias.detach().double().cpu()
-    return mean + b, local + shared + positional, shared, k3, k4
+def seen_second(x: Moments, shape: tuple[int, ...], conv: Optional[ConvCall],
+                kernel: tuple[int, ...]) -> float:
+    """E[x^2] over the inputs the weights read: all of x for a Linear; for a convolution,
+    each output position's taps, zero padding counting as zeros."""
+    if conv is None:
+        return float(x.second.mean())
+    second = x.expand(shape).second.mean(0)                                 # over channels
+    taps = math.prod(kernel)
+    return float(conv.ones(second.reshape(1, 1, *second.shape), kernel).mean()) / taps
 
 
 def weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor],
-             x: Moments, dim: int, conv: Optional[ConvShape] = None, groups: int = 1,
-             transposed: bool = False, shape: Optional[tuple[int, ...]] = None) -> Moments:
+             x: Moments, conv: Optional[ConvCall] = None, transposed: bool = False,
+             shape: Optional[tuple[int, ...]] = None) -> Moments:
     """Draw (or read) a weighted layer's weight, stage it, zero its bias, and return the
-    output's statistics. `dim`: the input dim summed over (a convolution's channel dim);
-    `transposed`: the parameter is stored (in, out) (x @ W); `shape`: the input's shape (default:
-    the node's first argument's)."""
-    shape = shape or ctx.shape(ctx.raw_args[0])
-    like = weight.T if transposed else weight
+    output's statistics. `conv`: the convolution's geometry (None: a Linear over the last dim);
+    `transposed`: the parameter is stored (in, out) (x @ W); `shape`: the input's per-sample
+    shape (default: the node's first argument's)."""
+    shape = shape or tuple(ctx.shape(ctx.raw_args[0])[1:])
     plan = ctx.weights
     if plan.settled(weight):
         current = plan.value(weight).detach().double().cpu()
-        w, y = read(ctx, name, current.T if transposed else current, bias, x, dim, conv,
-                    groups, shape)
+        w = current.T if transposed else current
+        y = outputs(x, shape, conv, w, None if bias is None else plan.value(bias))
         var = y.pooled()[1]
         if var > 0:
             plan.ask(weight, name, float(w.pow(2).mean().sqrt()) *
                      math.sqrt(ctx.run.cfg.signal_variance / var))
         return y
-    w, y = draw(ctx, name, like, None if bias is None else plan.value(bias) * 0, x, dim, conv,
-                groups, shape)
+    w, y = draw(ctx, name, weight.T if transposed else weight, x, shape, conv,
+                bias is not None)
     plan.stage(weight, w.T if transposed else w)
     plan.zero(bias)
     return y
 
 
-def _prepare(x: Moments, dim: int, conv: Optional[ConvShape], shape: tuple[int, ...]
-             ) -> tuple[Moments, Features, list[int], Optional[int], Taps]:
-    if conv is not None and x.axes not in ((), (1,)):
-        x = x.collapse()
-    if conv is not None and x.axes == ():
-        x = x.take(x.expand(shape[1]), (1,))
-    f, sizes, k = features(x, shape, dim)
-    taps = conv_taps(conv, tuple(shape[2:]), x.profile) if conv is not None else Taps.dense()
-    return x, f, sizes, k, taps
+def outputs(x: Moments, shape: tuple[int, ...], conv: Optional[ConvCall], w: torch.Tensor,
+            b: Optional[torch.Tensor]) -> Moments:
+    return linear_outputs(x, shape, w, b) if conv is None else conv_outputs(x, shape, conv, w, b)
 
 
-def _outputs(x: Moments, f: Features, sizes: list[int], k: Optional[int], taps: Taps,
-             w: torch.Tensor, bias: Optional[torch.Tensor], dim: int, conv: bool,
-             groups: int) -> Moments:
-    """The output Moments for the weight `w` ((out, in/groups, *kernel))."""
-    d = dense(w, groups)
-    stats = output_moments(f, d, bias, taps)
-    if conv:
-        stats, axes = [t.reshape(-1) for t in stats], (1,)
-    else:
-        axes = arrange(stats[0], sizes, k, x.axes, dim)[1]
-        stats = [arrange(t, sizes, k, x.axes, dim)[0] for t in stats]
-    law = None
-    if x.law is not None:
-        sd = stats[1].clamp_min(1e-300).sqrt()
-        law = cornish_fisher(stats[3] / sd ** 3, stats[4] / sd ** 4)
-    profile = _conv_profile(taps, d, f) if conv else x.profile
-    if not conv and profile is not None and k is None and profile.dim() > dim - 1:
-        profile = profile.mean(dim - 1, keepdim=True)
-    return Moments(stats[0], stats[1], stats[2], axes, law, profile, x.scales)
-
-
-def read(ctx: MapContext, name: str, w: torch.Tensor, bias: Optional[torch.Tensor],
-         x: Moments, dim: int, conv: Optional[ConvShape], groups: int,
-         shape: tuple[int, ...]) -> tuple[torch.Tensor, Moments]:
-    """The output statistics of a layer whose weight `w` ((out, in/groups, *kernel)) is kept."""
-    x, f, sizes, k, taps = _prepare(x, dim, conv, shape)
-    b = None if bias is None else ctx.weights.value(bias)
-    return w, _outputs(x, f, sizes, k, taps, w, b, dim, conv is not None, groups)
-
-
-def draw(ctx: MapContext, name: str, like: torch.Tensor, bias: Optional[torch.Tensor],
-         x: Moments, dim: int, conv: Optional[ConvShape], groups: int,
-         shape: tuple[int, ...]) -> tuple[torch.Tensor, Moments]:
+def draw(ctx: MapContext, name: str, like: torch.Tensor, x: Moments, shape: tuple[int, ...],
+         conv: Optional[ConvCall], has_bias: bool = False) -> tuple[torch.Tensor, Moments]:
     """A new weight shaped like `like` ((out, in/groups, *kernel)) for input `x`, and the
-    output's statistics; noted in the history (not staged). `bias`: the bias as it will be
-    (zeros) or None."""
-    x, f, sizes, k, taps = _prepare(x, dim, conv, shape)
+    output's statistics (bias zero); noted in the history, not staged."""
     fan_in = like.shape[1] * math.prod(like.shape[2:])
-    frac = taps.fraction
-    seen = float(((f.local * float(taps.seen.mean())).mean(1) +
-                  (f.shared + f.mean ** 2).mean(1) * frac).mean())
+    seen = seen_second(x, shape, conv, tuple(like.shape[2:]))
     if not seen > 0:
         raise ValueError(f"the input of layer '{name}' is predicted to be constant zero; "
                          "AutoInit cannot scale its weights. Is a layer before it dead (e.g. "
                          "a ReLU of a negative constant)?")
     cfg = ctx.run.cfg
     std = math.sqrt(cfg.signal_variance / (fan_in * seen))
+    groups = 1 if conv is None else conv.groups
     for centered in ((True, False) if cfg.centered else (False,)):
         try:
             w = ctx.weights.draw(like, std, groups, centered)
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from e
-        y = _outputs(x, f, sizes, k, taps, w, bias, dim, conv is not None, groups)
+        y = outputs(x, shape, conv, w, None)
         var = y.pooled()[1]
         if not centered or var >= MIN_CENTERED * cfg.signal_variance:
             break
@@ -225,28 +197,15 @@ def draw(ctx: MapContext, name: str, like: torch.Tensor, bias: Optional[torch.Te
     return w, y
 
 
-def _conv_profile(taps: Taps, w: torch.Tensor, f: Features) -> Optional[torch.Tensor]:
-    """The output's local-variance profile over its positions: each position reads the
-    input's profile through its real taps, each tap weighted by its share of the variance."""
-    if not taps.out_spatial:
-        return None
-    g = (w.pow(2) * f.local.mean(0).reshape(1, -1, 1)).sum((0, 1))        # (T,)
-    prof = taps.profile_reads @ g
-    if not float(prof.mean()) > 0:
-        return None
-    return (prof / prof.mean()).reshape(1, *taps.out_spatial)
-
-
 # -- the maps -------------------------------------------------------------------------------------
 def linear_module(ctx: MapContext) -> Moments:
     m = ctx.module
-    x = ctx.first()
-    return weighted(ctx, ctx.name, m.weight, m.bias, x, len(ctx.shape(ctx.raw_args[0])) - 1)
+    return weighted(ctx, ctx.name, m.weight, m.bias, ctx.first())
 
 
 def conv_module(ctx: MapContext) -> Moments:
     m = ctx.module
-    return weighted(ctx, ctx.name, m.weight, m.bias, ctx.first(), 1, ConvShape.of(m), m.groups)
+    return weighted(ctx, ctx.name, m.weight, m.bias, ctx.first(), ConvCall.of(m))
 
 
 def _param(ctx: MapContext, a: object) -> Optional[torch.Tensor]:
@@ -268,9 +227,7 @@ def linear_function(ctx: MapContext) -> object:
     if weight is None or not ctx.is_signal(ctx.raw_args[0]):
         return NotImplemented
     bias = _param(ctx, ctx.raw_arg(2, "bias"))
-    x = ctx.args[0]
-    return weighted(ctx, _param_name(w_node), weight, bias, x,
-                    len(ctx.shape(ctx.raw_args[0])) - 1)
+    return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[0])
 
 
 def conv_function(ctx: MapContext) -> object:
@@ -280,11 +237,11 @@ def conv_function(ctx: MapContext) -> object:
     if weight is None or not ctx.is_signal(ctx.raw_args[0]):
         return NotImplemented
     bias = _param(ctx, ctx.raw_arg(2, "bias"))
-    conv = ConvShape.functional(weight, ctx.value(ctx.raw_arg(3, "stride", 1)),
-                                ctx.value(ctx.raw_arg(4, "padding", 0)),
-                                ctx.value(ctx.raw_arg(5, "dilation", 1)))
-    groups = int(ctx.value(ctx.raw_arg(6, "groups", 1)))
-    return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[0], 1, conv, groups)
+    conv = ConvCall.functional(weight, ctx.value(ctx.raw_arg(3, "stride", 1)),
+                               ctx.value(ctx.raw_arg(4, "padding", 0)),
+                               ctx.value(ctx.raw_arg(5, "dilation", 1)),
+                               int(ctx.value(ctx.raw_arg(6, "groups", 1))))
+    return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[0], conv)
 
 
 def matmul_function(ctx: MapContext) -> object:
@@ -299,8 +256,8 @@ def matmul_function(ctx: MapContext) -> object:
         from .pooling import matmul
         return matmul(ctx)
     bias = _param(ctx, ctx.raw_args[0]) if addmm else None
-    return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[i],
-                    len(ctx.shape(x_node)) - 1, transposed=True)
+    return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[i], transposed=True,
+                    shape=tuple(ctx.shape(x_node)[1:]))
 
 
 def embedding_module(ctx: MapContext) -> Moments:
@@ -308,8 +265,7 @@ def embedding_module(ctx: MapContext) -> Moments:
     column (the embedding dim is the output's channel dim)."""
     m = ctx.module
     w = ctx.weights.embedding(ctx.name, m.weight, m.padding_idx).detach().double().cpu()
-    ndim = len(ctx.out_shape)
-    return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (ndim - 1,))
+    return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (-1,))
 
 
 def embedding_function(ctx: MapContext) -> object:
@@ -320,12 +276,12 @@ def embedding_function(ctx: MapContext) -> object:
     if weight is None:
         return NotImplemented
     w = ctx.weights.embedding(_param_name(w_node), weight, None).detach().double().cpu()
-    return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (len(ctx.out_shape) - 1,))
+    return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (-1,))
 
 
-def _register(targets: tuple, fn: Callable) -> None:
+def _register(targets: tuple, fn: Callable[[MapContext], object]) -> None:
     for t in targets:
-        register_moment_map(t, fn, per_channel=True, keeps_profile=True)
+        register_moment_map(t, fn, per_channel=True)
 
 
 _register((nn.Linear,), linear_module)

@@ -2,12 +2,13 @@
 flatten, squeeze, expand, indexing and slicing, split and chunk, nearest upsampling, dtype and
 device casts, and their ATen operators.
 
-Contract: such an operation does not change any element's statistics, only where it sits. The
-engine follows the channels by running the operation itself on a tensor holding each element's
-channel index (and on one holding the profile): the output's channel dims are the dims along
-which the index varies, its channels those indices. Flattening a feature map into features
-(channels x positions) thus gives every feature its own channel's statistics, and the profile
-over positions is folded into them. The batch dim is taken to stay dim 0.
+Contract: such an operation does not change any element's statistics, only where it sits, so
+the engine runs the operation itself on the statistics (expanded to the input's full shape) and
+on a tensor of channel indices: the output's channel dims are those along which the index
+varies, and each output element keeps the statistics (and the law) of the element it came from.
+Flattening a feature map into features thus gives every feature its own channel's and
+position's statistics. The batch dim is dim 0; an operation that merges it with other dims
+(`view(B * T, d)`) gets statistics averaged over the merged dim.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import torch
 from torch import fx, nn
 
 from .context import MapContext
-from .moments import Moments
 from .registry import register_moment_map
+from .statistics import Moments
 
 
 def _signal(ctx: MapContext) -> Optional[fx.Node]:
@@ -35,86 +36,111 @@ def follow(ctx: MapContext) -> Any:
         return None
     x = ctx.run_moments(node)
     shape = ctx.shape(node)
-    if not isinstance(x, Moments) or not isinstance(shape, tuple):
+    if not isinstance(x, Moments) or not isinstance(shape, tuple) or not shape:
         return x
-    ids = _channel_ids(x, shape)
-    prof = _profile_field(x, shape)
-    out_ids, out_prof = (_run(ctx, node, t) for t in (ids, prof))
-    if isinstance(out_ids, (tuple, list)):
-        return tuple(_moments(x, a, b) for a, b in zip(out_ids, out_prof))
-    return _moments(x, out_ids, out_prof)
+    if _casts(ctx):
+        return x
+    full = x.expand(tuple(shape[1:]))
+    law_rows, ids = _channel_ids(x, tuple(shape[1:]))
+    fields = [full.mean, full.var, full.shared, ids]
+    outs = [_run(ctx, node, t.unsqueeze(0).expand(shape).contiguous()) for t in fields]
+    batch = shape[0]
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(_moments(x, batch, law_rows, *parts) for parts in zip(*outs))
+    return _moments(x, batch, law_rows, *outs)
 
 
-def _channel_ids(x: Moments, shape: tuple[int, ...]) -> torch.Tensor:
-    """(shape) float64: each element's channel index."""
-    sizes = [1] * len(shape)
-    for a in x.axes:
-        sizes[a] = shape[a]
-    ids = torch.arange(x.channels, dtype=torch.float64).reshape(sizes)
-    return ids.expand(shape).contiguous()
-
-
-def _profile_field(x: Moments, shape: tuple[int, ...]) -> torch.Tensor:
-    if x.profile is None:
-        return torch.ones(shape, dtype=torch.float64)
-    return x.profile.reshape(1, *x.profile.shape).expand(shape).contiguous()
+def _channel_ids(x: Moments, shape: tuple[int, ...]) -> tuple[Optional[torch.Tensor],
+                                                             torch.Tensor]:
+    """The law as rows (one per channel) and each element's row index, (shape) float64;
+    without a law, each element's channel index."""
+    nd = len(shape)
+    sizes = [shape[d] if d - nd in x.channels else 1 for d in range(nd)]
+    n = 1
+    for s in sizes:
+        n *= s
+    ids = torch.arange(n, dtype=torch.float64).reshape(sizes).expand(shape)
+    if x.law is None:
+        return None, ids
+    law = x.law.reshape((1,) * (nd + 1 - x.law.dim()) + tuple(x.law.shape))
+    rows = law.expand(*sizes, -1).reshape(n, -1)
+    return rows, ids
 
 
 def _run(ctx: MapContext, node: fx.Node, t: torch.Tensor) -> Any:
     if ctx.module is not None:
         return ctx.call(t)
     args, kwargs = ctx.substituted({node: t})
-    if _casts(ctx):
-        return t
     return ctx.call(*args, **kwargs)
 
 
 def _casts(ctx: MapContext) -> bool:
-    """A dtype or device cast: kept as is (the indices stay float64)."""
+    """A dtype or device cast: the statistics stay as they are."""
     name = str(getattr(ctx.node.target, "__name__", ctx.node.target))
     return name.split(".")[0] in ("to", "type_as", "float", "double", "half", "bfloat16",
                                   "_to_copy", "type")
 
 
-def _moments(x: Moments, ids: Any, prof: Any) -> Optional[Moments]:
-    if not isinstance(ids, torch.Tensor) or ids.dim() == 0:
-        return None if not isinstance(ids, torch.Tensor) else x.take(
-            ids.reshape(1).round().long(), ())
-    axes = tuple(d for d in range(1, ids.dim()) if not _constant_along(ids, d))
-    index = ids[0]
-    for d in sorted(set(range(1, ids.dim())) - set(axes), reverse=True):
-        index = index.narrow(d - 1, 0, 1)
-    y = x.take(index.round().long(), axes)
-    p = prof[0]
-    if bool((p == 1).all()):
-        return y.with_(profile=None)
-    if all(_constant_along(p.unsqueeze(0), d) for d in axes):
-        for d in axes:
-            p = p.narrow(d - 1, 0, 1)
-        return y.with_(profile=p)
-    return _fold(y, p, axes)
+def _moments(x: Moments, batch: int, law_rows: Optional[torch.Tensor], mean: Any, var: Any,
+             shared: Any, ids: Any) -> Optional[Moments]:
+    if not isinstance(mean, torch.Tensor):
+        return None
+    if mean.dim() == 0:
+        return Moments(mean, var, shared, (), None, x.scales)
+    if mean.shape[0] == batch:
+        mean, var, shared, ids = (t[0] for t in (mean, var, shared, ids))
+    else:                                        # batch merged into dim 0: averaged over it
+        mean, var, shared = (t.mean(0) for t in (mean, var, shared))
+        ids = ids[0]
+    nd = ids.dim()
+    channels = tuple(d - nd for d in range(nd) if not _flat(ids, d))
+    law = None
+    if law_rows is not None:
+        index = ids
+        for d in range(nd):
+            if d - nd not in channels:
+                index = index.narrow(d, 0, 1)
+        law = law_rows[index.round().long()]
+    return Moments(mean, var, shared, channels, law, x.scales).compact()
 
 
-def _constant_along(t: torch.Tensor, d: int) -> bool:
+def _flat(t: torch.Tensor, d: int) -> bool:
     return bool((t == t.narrow(d, 0, 1)).all())
 
 
-def _fold(y: Moments, p: torch.Tensor, axes: tuple[int, ...]) -> Moments:
-    """Channels that now include positions: each gets its positions' profile as a factor on
-    its local variance; what varies over the remaining positions stays the profile."""
-    dims = [d - 1 for d in axes]
-    rest = [d for d in range(p.dim()) if d not in dims]
-    g = p.mean(dim=rest, keepdim=True) if rest else p
-    factor = g.reshape(-1)
-    if factor.numel() != y.channels:
-        return y.with_(profile=None)
-    local = y.local * factor
-    profile = p / g
-    profile = None if bool((profile - 1).abs().max() < 1e-12) else profile
-    for d in dims:
-        if profile is not None:
-            profile = profile.mean(d, keepdim=True)
-    return y.with_(var=local + y.shared, profile=profile)
+def pad(ctx: MapContext) -> Any:
+    """F.pad / constant-padding modules: the padding's elements are the fill value (variance
+    0); reflect, replicate and circular padding copy elements (a layout operation)."""
+    m = ctx.module
+    mode = "constant" if m is None or isinstance(m, nn.modules.padding._ConstantPadNd) else "copy"
+    if m is None:
+        mode = ctx.value(ctx.raw_arg(2, "mode", "constant")) or "constant"
+    if mode != "constant":
+        return follow(ctx)
+    value = float(getattr(m, "value", 0.0) if m is not None else
+                  ctx.value(ctx.raw_arg(3, "value", 0.0)) or 0.0)
+    node = _signal(ctx)
+    x = ctx.run_moments(node)
+    shape = ctx.shape(node)
+    if not isinstance(x, Moments):
+        return None
+    widths = m.padding if m is not None else ctx.value(ctx.raw_arg(1, "pad"))
+    full = x.expand(tuple(shape[1:]))
+
+    def padded(t: torch.Tensor, fill: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t.unsqueeze(0), list(widths), value=fill)[0]
+    law = None
+    if x.law is not None:
+        from .elementwise import channel_law
+        law = channel_law(x)
+    nd = len(shape) - 1
+    grown = {nd - 1 - i // 2 for i, w in enumerate(widths) if w}     # per-sample dims padded
+    channels = tuple(c for c in x.channels if c + nd not in grown)
+    if law is not None and any(c + nd in grown for c in x.channels):
+        law = None                           # new channels without a law: pooled shape lost
+    return Moments(padded(full.mean, value), padded(full.var, 0.0), padded(full.shared, 0.0),
+                   channels + tuple(c for c in x.channels if c + nd in grown), law,
+                   x.scales).compact()
 
 
 LAYOUT = (
@@ -130,3 +156,8 @@ LAYOUT = (
 )
 for _t in LAYOUT:
     register_moment_map(_t, None, layout=True, per_channel=True)
+for _t in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad1d, nn.ZeroPad2d,
+           nn.ZeroPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+           nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d,
+           nn.CircularPad2d, nn.CircularPad3d, torch.nn.functional.pad):
+    register_moment_map(_t, pad, per_channel=True)

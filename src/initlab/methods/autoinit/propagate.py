@@ -29,8 +29,8 @@ from .config import AutoInitConfig
 from .context import MapContext, Run
 from .elementwise import fused
 from .layout import follow
-from .moments import Moments, chi_square_scales, constant
 from .registry import MapSpec, find_map
+from .statistics import Moments, chi_square_scales, constant
 
 #: Functions that read a parameter as a table (their output is a signal without a signal input).
 _TABLES = {F.embedding, torch.ops.aten.embedding.default, torch.ops.aten.embedding}
@@ -75,9 +75,26 @@ def input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
     return Moments(v.mean(), v.var(unbiased=False), shared, scales=scales)
 
 
+def fixed(value: Any, batch: int) -> Optional[Moments]:
+    """Statistics of a constant: a float tensor's own values, element by element (variance
+    0), or, if it looks batched (its dim 0 is the batch size), its mean and variance over the
+    batch; a Python number as itself."""
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return constant(value)
+    v = value.detach().double().cpu()
+    if v.dim() >= 2 and v.shape[0] == batch and batch > 1:
+        return Moments(v.mean(0), v.var(0, unbiased=False)).compact()
+    if v.dim() >= 1 and v.shape[0] == 1:
+        v = v[0]
+    return Moments(v, 0.0).compact()
+
+
 def propagate(run: Run, inputs: tuple) -> dict[str, Any]:
     """Moments of every node, in graph order (see the module docstring)."""
     est = run.estimates
+    batch = next((x.shape[0] for x in inputs if isinstance(x, torch.Tensor) and x.dim() > 0), 0)
+    batch = next((s[0] for s in run.graph.shapes.values() if isinstance(s, tuple) and s
+                  and isinstance(s[0], int)), batch)
     roots: dict[fx.Node, fx.Node] = {}
     unknown: dict[str, list[str]] = {}
     placeholders = iter(inputs)
@@ -85,11 +102,11 @@ def propagate(run: Run, inputs: tuple) -> dict[str, Any]:
         if node.op == "placeholder":
             est[node.name] = input_moments(run.cfg, next(placeholders, None))
         elif node.op == "get_attr":
-            est[node.name] = constant(run.attr(node))
+            est[node.name] = fixed(run.attr(node), batch)
         elif node.op == "output":
             continue
         elif node.name in run.graph.values:
-            est[node.name] = constant(run.graph.values[node.name])
+            est[node.name] = fixed(run.graph.values[node.name], batch)
         elif run.graph.shapes.get(node.name) is None:
             est[node.name] = None                      # not a tensor (x.size(0), ...)
         else:
@@ -154,9 +171,6 @@ def _step(run: Run, node: fx.Node, roots: dict[fx.Node, fx.Node],
         unknown.setdefault(op_name(node), []).append(node.name)
         found = ctx.tensor_inputs()
         out = found[0] if found else None
-    if isinstance(out, Moments) and out.profile is not None and \
-            (spec is None or not spec.keeps_profile):
-        out = out.with_(profile=None)
     return out
 
 

@@ -17,8 +17,6 @@ non-tensor result). Its traits are declared when it is registered and read by th
 - `layout`: the operation only moves, copies or selects elements (reshape, permute, indexing,
   nearest upsampling); the engine follows each channel through it by running the operation on
   a tensor of channel indices, so no map function is needed;
-- `keeps_profile`: the map keeps or computes the `profile` of its output (elementwise and layout
-  operations, weighted layers, pooling); for any other map the engine drops it.
 
 A registered module type is also a leaf when tracing (kept whole). Registering a target again
 replaces its map. A plain Python function registered here is kept whole by `torch.fx` when the
@@ -48,7 +46,6 @@ class MapSpec:
     per_channel: bool = False
     elementwise: bool = False
     layout: bool = False
-    keeps_profile: bool = False
 
 
 _MODULES: dict[type, MapSpec] = {}
@@ -57,15 +54,13 @@ _METHODS: dict[str, MapSpec] = {}
 
 
 def register_moment_map(target: Target, fn: Optional[MomentMap], *, per_channel: bool = False,
-                        elementwise: bool = False, layout: bool = False,
-                        keeps_profile: Optional[bool] = None) -> None:
+                        elementwise: bool = False, layout: bool = False) -> None:
     """Use `fn(ctx) -> Moments` for a module type, a Tensor method name, a function or an ATen
-    operator (an overload packet covers all its overloads). `keeps_profile` defaults to
-    `elementwise or layout`. A `layout` operation needs no `fn` (pass None)."""
+    operator (an overload packet covers all its overloads). A `layout` operation needs no `fn`
+    (pass None)."""
     if fn is None and not layout:
         raise TypeError("register_moment_map: a map function is needed unless layout=True")
-    spec = MapSpec(fn, per_channel, elementwise, layout,
-                   elementwise or layout if keeps_profile is None else keeps_profile)
+    spec = MapSpec(fn, per_channel, elementwise, layout)
     if isinstance(target, type):
         if not issubclass(target, nn.Module):
             raise TypeError(f"register_moment_map: {target.__name__} is not an nn.Module type; "
