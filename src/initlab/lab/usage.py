@@ -15,7 +15,7 @@ import difflib
 import math
 import os
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import torch
 
@@ -104,7 +104,3 @@ def reraise(flag: str, error: BaseException) -> NoReturn:
     """A library error about `flag`'s value, as a UsageError naming the flag."""
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     raise UsageError(f"{flag}: {message}") from None
-
-
-def describe(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
