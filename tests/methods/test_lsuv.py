@@ -114,6 +114,36 @@ def test_failure_leaves_model_bitwise_unchanged(case):
     assert_same(model, before)
 
 
+def deep_bn_mlp():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16),
+                      nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    m.train()
+    m(torch.randn(8, 6))  # non-trivial running statistics
+    return m
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_mid_run_leaves_model_bitwise_unchanged(exc):
+    """Ctrl-C (or an error) while the third layer is being measured: the first two layers are
+    already rescaled in the search, and none of it may reach the model."""
+    model = deep_bn_mlp()
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) == 3:  # the order-recording forward, then two tries on this layer
+            raise exc("stopped by the user")
+
+    handle = model[5].register_forward_hook(hook)
+    before = snapshot(model)
+    with pytest.raises(exc):
+        lsuv(model, batches(4), tol=1e-6, max_tries=3)
+    handle.remove()
+    assert len(calls) == 3
+    assert_same(model, before)
+
+
 def test_dead_layer_is_a_clear_error():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
     with torch.no_grad():
