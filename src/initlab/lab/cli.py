@@ -198,13 +198,19 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "methods":
         return list_methods()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    lab = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
-    logging.getLogger("initlab").setLevel(logging.INFO if a.verbose else logging.WARNING)
-    logging.getLogger("initlab.lab").setLevel(lab)
+    verbose, quiet = getattr(a, "verbose", False), getattr(a, "quiet", False)
+    logging.getLogger("initlab").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("initlab.lab").setLevel(
+        logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
-    check_compare_args(a)  # every argument, before any work
+    return compare_command(a)
+
+
+def compare_command(a: argparse.Namespace) -> int:
+    """`initlab compare` and `initlab demo`: every argument checked, then the runs."""
+    check_compare_args(a)
     if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
         a.device = distributed.setup(a.device)
         if not distributed.is_main():  # rank 0 logs; the others only their errors
