@@ -36,8 +36,9 @@ from torch import nn
 
 from ..core.loss import LossFn
 from ..core.report import InitReport, applied_by, mark_applied
+from ..core.rng import kept_rng
 from ..registry import check_settings, method_info
-from .common import isolated_rng, run_everywhere
+from .common import run_everywhere
 
 try:
     import lightning.pytorch as pl
@@ -117,7 +118,7 @@ class InitCallback(pl.Callback):
             if trainer.is_global_zero:
                 log.info("InitCallback: %s skipped (%s)", self.method, reason)
             return
-        with isolated_rng(pl_module.device), _muted_logging(pl_module):
+        with kept_rng(pl_module.device), _muted_logging(pl_module):
             self.report = self._run(trainer, pl_module)
         mark_applied(pl_module, self.method)
         if trainer.is_global_zero:

@@ -36,8 +36,9 @@ from torch import nn
 
 from ...core.loss import LossFn
 from ...core.report import InitReport, applied_by, mark_applied
+from ...core.rng import kept_rng
 from ...registry import check_settings, method_info
-from ..common import isolated_rng, run_everywhere
+from ..common import run_everywhere
 
 try:
     import transformers
@@ -95,7 +96,7 @@ class InitCallback(transformers.TrainerCallback):
                 log.info("InitCallback: %s skipped (%s)", self.method, reason)
             return
         device = next(model.parameters()).device
-        with isolated_rng(device):
+        with kept_rng(device):
             self.report = self._run(args, model, train_dataloader, state.is_world_process_zero)
         mark_applied(model, self.method)
         if state.is_world_process_zero and self.report is not None:
