@@ -27,7 +27,7 @@ from torch import nn
 from ...core.finish import finish, plain_settings, unchanged_on_error
 from ...core.graph import as_inputs, run_graph, trace
 from ...core.modes import restore_buffers, snapshot_buffers
-from ...core.report import InitReport
+from ...core.report import InitReport, VarianceReport
 from ...core.rules import generator
 from ...registry import register
 from .config import AutoInitConfig
@@ -73,7 +73,7 @@ def _once(model: nn.Module, gm: Any, graph: Any, inputs: tuple, cfg: AutoInitCon
     return plan, propagate(run, inputs)
 
 
-@register("autoinit", description="analytic: propagate (mean, variance) through the traced "
+@register("autoinit", config=AutoInitConfig, description="analytic: propagate (mean, variance) through the traced "
           "graph, each layer's output variance set to sigma^2 (needs example_input)",
           paper="Bingham & Miikkulainen, AAAI 2023")
 def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: bool = False,
@@ -115,7 +115,8 @@ def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: b
                           stacklevel=2)
         plan.commit()
     log.info("autoinit: %d weights drawn", len(plan.history))
-    report = finish(model, "autoinit", settings=plain_settings(cfg), history=plan.history)
+    report = finish(model, "autoinit", settings=plain_settings(cfg), history=plan.history,
+                    report=VarianceReport, target_variance=cfg.signal_variance)
     if return_estimates:
         return report, pooled_estimates(est)
     return report
