@@ -59,6 +59,17 @@ def test_rng_isolated_and_loss_fn_option():
     assert init.report is not None and init.skipped is None
 
 
+def test_autoinit_takes_its_example_input_from_the_train_dataloader():
+    init, snap = InitCallback("autoinit", seed=0), Snapshot()
+    trainer([init, snap]).fit(DigitsNet(0), loader())
+    assert init.report is not None and init.report.method == "autoinit"
+    model = DigitsNet(0)                  # the same draws as AutoInit on the first batch's inputs
+    initlab.autoinit(model, next(iter(loader()))[0], seed=0)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(snap.params[k], v, rtol=1e-6, atol=1e-7), k
+    assert not torch.equal(snap.params["net.1.weight"], DigitsNet(0).state_dict()["net.1.weight"])
+
+
 def test_resume_from_checkpoint_skips(tmp_path):
     t = trainer([InitCallback("gradinit", **SETTINGS)])
     t.fit(DigitsNet(0), loader())

@@ -121,3 +121,43 @@ def test_failure_leaves_model_unchanged_and_registry():
     assert torch.all(model[0].bias == 0)
     with pytest.raises(ValueError, match="distribution"):
         initlab.archscale_init(model, distribution="cauchy")
+
+
+class Guarded(EdgeDAG):
+    """The same DAG behind a check on the input's shape: torch.fx cannot trace it (control
+    flow on a traced value), torch.export can (shapes are known)."""
+
+    def forward(self, x):
+        if x.shape[-1] != 4:
+            raise ValueError("4 features")
+        return super().forward(x)
+
+
+def test_a_model_fx_cannot_trace_is_traced_by_export_with_an_example_input():
+    edges = [(0, 1, "linear"), (0, 2, "linear"), (1, 2, "linear"), (0, 2, "skip")]
+    plain, guarded = EdgeDAG(3, edges), Guarded(3, edges)
+    x = torch.randn(5, 4)
+    with pytest.raises(TraceError, match="example input"):
+        path_depths(guarded)
+    assert path_depths(guarded, example_input=x) == path_depths(plain)
+    gm = trace(guarded, (nn.Linear,), example_input=x)        # export: Linear calls folded
+    assert in_degrees(gm) == in_degrees(trace(plain))
+    report = initlab.archscale_init(guarded, example_input=x, seed=0)
+    assert {h["layer"] for h in report.history} == {n for n, m in guarded.named_modules()
+                                                     if isinstance(m, nn.Linear)}
+
+
+def test_llama_from_config_through_export():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=64, max_position_embeddings=32))
+    ids = torch.randint(0, 64, (2, 8))
+    depths = path_depths(model, example_input=ids)
+    assert max(depths) >= 2 * 2 + 1          # q/k/v/o and gate/up/down layers, then lm_head
+    report = initlab.archscale_init(model, example_input=ids, seed=0)
+    drawn = {h["layer"] for h in report.history}
+    assert "lm_head" in drawn and "model.layers.1.mlp.down_proj" in drawn
+    # residual sums: o_proj and down_proj outputs are summed with the stream (in-degree 2)
+    assert {h["layer"]: h["in_degree"] for h in report.history}[
+        "model.layers.0.self_attn.o_proj"] == 2

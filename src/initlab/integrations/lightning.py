@@ -11,7 +11,8 @@ Contract (needs the extra `initlab[lightning]`, i.e. `lightning>=2.0`):
   train dataloader; before the first step), on the `LightningModule` itself. Its parameters are
   written in place, so the optimizers Lightning built and a DDP wrapper stay valid.
 - Data: the Trainer's train dataloader (with its `DistributedSampler` under DDP). Batches are
-  moved to the module's device; Lightning's batch-transfer hooks are not applied.
+  moved to the module's device; Lightning's batch-transfer hooks are not applied. An analytic
+  method (`autoinit`) gets the inputs of its first batch as `example_input` unless one is given.
 - Loss: `loss_fn(model, batch)` if given (it must call the `model` it gets); otherwise the
   module's own `training_step(batch, 0)`, run with GradInit's substituted parameters (its loss,
   or `["loss"]` of a dict it returns). `self.log` calls inside it are muted during the search.
@@ -26,6 +27,7 @@ Contract (needs the extra `initlab[lightning]`, i.e. `lightning>=2.0`):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -37,7 +39,7 @@ from torch import nn
 from ..core.loss import LossFn
 from ..core.report import InitReport, applied_by, mark_applied
 from ..core.rng import kept_rng
-from ..registry import check_settings, method_info
+from ..registry import check_settings, example_inputs, method_info
 from .common import run_everywhere
 
 try:
@@ -138,7 +140,11 @@ class InitCallback(pl.Callback):
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[InitReport]:
         if not self.info.needs_data:
-            return run_everywhere(self.info, pl_module, None, **self.settings)
+            settings = dict(self.settings)
+            if "example_input" in inspect.signature(self.info.fn).parameters and \
+                    settings.get("example_input") is None:    # analytic: one batch's inputs
+                settings["example_input"] = self._example_input(trainer, pl_module)
+            return run_everywhere(self.info, pl_module, None, **settings)
         data = trainer.train_dataloader
         if data is None:
             raise ValueError(f"{self.method} needs the Trainer's train dataloader, and there is none")
@@ -154,6 +160,19 @@ class InitCallback(pl.Callback):
         report.scales = {k[strip:]: v for k, v in report.scales.items()}
         report.shapes = {k[strip:]: v for k, v in report.shapes.items()}
         return report
+
+    def _example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        """The inputs of the train dataloader's first batch, on the module's device."""
+        data = trainer.train_dataloader
+        if data is None:
+            raise ValueError(f"{self.method} needs an example input: pass "
+                             f"InitCallback({self.method!r}, example_input=<a batch of inputs>) "
+                             "or give the Trainer a train dataloader")
+        x = example_inputs(data, self.method)
+
+        def move(t: Any) -> Any:
+            return t.to(pl_module.device) if isinstance(t, torch.Tensor) else t
+        return tuple(move(t) for t in x) if isinstance(x, (tuple, list)) else move(x)
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "done": self.report is not None or self.skipped is not None}

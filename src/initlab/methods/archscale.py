@@ -12,8 +12,10 @@ Chen, Wu, Wang & Hanin, "Principled Architecture-aware Scaling of Hyperparameter
   (one path of 2 layers, the same q).
 
 Where initlab departs from the authors' scripts (fixed DAG encodings of NAS-Bench-201 cells):
-the graph is any `torch.fx` trace of the model; paths run along every tensor data flow (sums,
-concatenations, products, shape operations); with several kernel sizes q is the largest side.
+the graph is any trace of the model (`torch.fx`, or given an example input `torch.export` for
+models fx cannot trace, such as Hugging Face Transformers, `core.graph`); paths run along every
+tensor data flow (sums, concatenations, products, shape operations); with several kernel sizes q
+is the largest side. Only nn.Linear and nn.Conv layers count as weighted layers.
 """
 from __future__ import annotations
 
@@ -33,12 +35,19 @@ from ..core.report import DrawReport, InitReport
 from ..core.rules import LAYERS, Staged, draw, generator
 from ..registry import register
 
+aten = torch.ops.aten
 #: Operations that join tensors into one sum (the "node" of the paper's DAG).
-SUMS = {operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub"}
+SUMS = {operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub",
+        aten.add, aten.sub}
 #: Operations that pass a branch through unchanged on its way to a sum (shape, scalar, dropout).
 PASS_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
                 "unsqueeze", "mul", "div"}
-PASS_FUNCTIONS = {operator.getitem, operator.mul, operator.truediv, torch.flatten, torch.mul}
+PASS_FUNCTIONS = {operator.getitem, operator.mul, operator.truediv, torch.flatten, torch.mul,
+                  aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose,
+                  aten.contiguous, aten.squeeze, aten.unsqueeze, aten.mul, aten.div,
+                  aten.dropout, aten.clone, aten.alias, aten._to_copy, aten.to}
+#: Leaves when tracing, so that a torch.export graph keeps them as module calls.
+LEAVES = LAYERS + (nn.Identity, nn.Flatten, nn.Dropout)
 PASS_MODULES = (nn.Identity, nn.Flatten, nn.Dropout)
 #: Values that are sizes, not tensors: no path goes through them.
 SIZE_METHODS = {"size", "dim", "numel"}
@@ -61,8 +70,13 @@ def _is_weighted(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_module" and isinstance(module_of(gm, node), LAYERS)
 
 
+def _target(node: fx.Node) -> Any:
+    """A node's target; an ATen overload by its packet (aten.add.Tensor -> aten.add)."""
+    return getattr(node.target, "overloadpacket", node.target)
+
+
 def _is_sum(node: fx.Node) -> bool:
-    return node.op in ("call_function", "call_method") and node.target in SUMS
+    return node.op in ("call_function", "call_method") and _target(node) in SUMS
 
 
 def _operands(node: fx.Node) -> list[fx.Node]:
@@ -72,11 +86,17 @@ def _operands(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def path_depths(model: nn.Module, leaf_modules: Sequence[LeafSpec] = ()) -> dict[int, int]:
+def _traced(model: nn.Module, leaf_modules: Sequence[LeafSpec], example_input: Any
+            ) -> fx.GraphModule:
+    return trace(model, list(leaf_modules) + list(LEAVES), example_input=example_input)
+
+
+def path_depths(model: nn.Module, leaf_modules: Sequence[LeafSpec] = (),
+                example_input: Any = None) -> dict[int, int]:
     """Number of input->output paths of `model`'s graph with L parameterized (Linear/Conv)
     layers, for each L: {L: count}. Counted by dynamic programming over the graph, one
     histogram per node (the sum of its inputs' histograms, shifted by one at a weighted layer)."""
-    gm = trace(model, leaf_modules)
+    gm = _traced(model, leaf_modules, example_input)
     hist: dict[fx.Node, Counter] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -102,18 +122,21 @@ def kernel_size(model: nn.Module) -> int:
     return max(sides, default=1)
 
 
-def path_sum(model: nn.Module, leaf_modules: Sequence[LeafSpec] = ()) -> int:
+def path_sum(model: nn.Module, leaf_modules: Sequence[LeafSpec] = (),
+             example_input: Any = None) -> int:
     """sum over paths p of L_p^3."""
-    return sum(count * depth ** 3 for depth, count in path_depths(model, leaf_modules).items())
+    return sum(count * depth ** 3 for depth, count in
+               path_depths(model, leaf_modules, example_input).items())
 
 
 def archscale_lr(model: nn.Module, base_lr: float, base_model: Optional[nn.Module] = None, *,
-                 leaf_modules: Sequence[LeafSpec] = ()) -> float:
+                 leaf_modules: Sequence[LeafSpec] = (), example_input: Any = None) -> float:
     """The architecture-aware maximal learning rate of `model`, from `base_lr`, the
     learning rate that works for `base_model` (default: a one-hidden-layer network with the same
-    kernel size, whose one path has 2 layers)."""
+    kernel size, whose one path has 2 layers). `example_input` lets models that torch.fx
+    cannot trace be traced by torch.export."""
     positive("base_lr", base_lr)
-    total = path_sum(model, leaf_modules)
+    total = path_sum(model, leaf_modules, example_input)
     if total == 0:
         raise ValueError("the model has no input->output path through a Linear/Conv layer; "
                          "archscale_lr needs at least one")
@@ -131,7 +154,7 @@ def _through(node: fx.Node, gm: fx.GraphModule) -> Optional[fx.Node]:
         return None
     u = users[0]
     if (u.op == "call_method" and u.target in PASS_METHODS) or \
-            (u.op == "call_function" and u.target in PASS_FUNCTIONS) or \
+            (u.op == "call_function" and _target(u) in PASS_FUNCTIONS) or \
             (u.op == "call_module" and isinstance(module_of(gm, u), PASS_MODULES)):
         return u
     return None
@@ -168,10 +191,11 @@ def in_degrees(gm: fx.GraphModule) -> dict[str, int]:
 @register("archscale", config=ArchScaleConfig,
           description="He init divided by the number of tensors summed at each "
           "node of the graph (in-degree)", paper="Chen, Wu, Wang & Hanin, ICLR 2024")
-def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
+def archscale_init(model: nn.Module, example_input: Any = None, **settings: Any) -> InitReport:
     """Initialize every Linear/Conv weight of `model` in place with Var = gain^2 / (fan_in *
     d_in), d_in from the traced graph (`in_degrees`); biases 0. Layers the trace does not reach
-    keep their values. On any error the model is unchanged. Returns a `DrawReport` (per layer:
+    keep their values. `example_input` lets models that torch.fx cannot trace be traced by
+    torch.export. On any error the model is unchanged. Returns a `DrawReport` (per layer:
     fan-in, in-degree, the std drawn)."""
     cfg = ArchScaleConfig(**settings)
     cfg.validate()
@@ -179,7 +203,7 @@ def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
     gen = generator(cfg.seed)
     staged, history = Staged(), []
     with unchanged_on_error("archscale"):
-        gm = trace(model, cfg.leaf_modules)
+        gm = _traced(model, cfg.leaf_modules, example_input)
         for name, d in in_degrees(gm).items():
             m = model.get_submodule(name)
             fan_in = m.weight.shape[1] * math.prod(m.weight.shape[2:])

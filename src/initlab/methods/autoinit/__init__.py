@@ -15,12 +15,8 @@ from . import aten, attention, elementwise, layers, layout, norms, pooling  # no
 from .api import autoinit
 from .config import AutoInitConfig
 from .context import MapContext
-from .registry import (
-    MapSpec,
-    register_elementwise,
-    register_moment_map,
-    unregister_moment_map,
-)
+from .elementwise import register_elementwise
+from .registry import MapSpec, register_moment_map, unregister_moment_map
 from .statistics import Moments, moments
 
 __all__ = ["AutoInitConfig", "MapContext", "MapSpec", "Moments", "autoinit", "moments",

@@ -73,8 +73,9 @@ def _once(model: nn.Module, gm: Any, graph: Any, inputs: tuple, cfg: AutoInitCon
     return plan, propagate(run, inputs)
 
 
-@register("autoinit", config=AutoInitConfig, description="analytic: propagate (mean, variance) through the traced "
-          "graph, each layer's output variance set to sigma^2 (needs example_input)",
+@register("autoinit", config=AutoInitConfig,
+          description="analytic: propagate (mean, variance) through the traced graph, each "
+          "layer's output variance set to sigma^2 (needs example_input)",
           paper="Bingham & Miikkulainen, AAAI 2023")
 def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: bool = False,
              **settings: Any) -> Union[InitReport, tuple[InitReport, dict[str, Any]]]:

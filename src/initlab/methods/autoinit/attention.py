@@ -3,7 +3,8 @@
 Contract: the query, key and value projections are drawn as three Linear layers, each from its
 own input's statistics (the blocks of a packed `in_proj_weight` one by one), their biases zeroed;
 attention itself as for `F.scaled_dot_product_attention` (`pooling.attention_moments`), with the
-causal flag, `attn_mask` and `key_padding_mask` counted by the keys each query may see; then
+causal flag, `attn_mask` and `key_padding_mask` counted by the keys each query may see, and
+keys and values read from one input sharing its length; then
 `out_proj` from the attention output's statistics. `add_bias_kv` tokens are left as they are.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ def multihead_attention(ctx: MapContext) -> Any:
     counts = key_counts(mask, causal, t_q, t_k)
     d = m.head_dim
     a = attention_moments(ctx, q, k, v, d, counts, 1 / math.sqrt(d),
-                          m.dropout if m.training else 0.0, keys=-2 if m.batch_first else -1)
+                          m.dropout if m.training else 0.0, keys=-2 if m.batch_first else -1,
+                          key_dof=m.kdim if raw[1] is raw[2] else 0)
     y = weighted(ctx, f"{ctx.name}.out_proj", m.out_proj.weight, m.out_proj.bias, a,
                  shape=tuple(full[0][1:-1]) + (m.embed_dim,))
     return y, None

@@ -33,6 +33,7 @@ class Run:
     gm: fx.GraphModule
     graph: GraphRun
     estimates: dict[str, Any] = field(default_factory=dict)   # node name -> Moments so far
+    inputs_reach: set[str] = field(default_factory=set)       # nodes derived from the inputs
 
     def attr(self, node: fx.Node) -> Any:
         """The object a `get_attr` node names (the model's own parameter or buffer)."""
@@ -137,6 +138,11 @@ class MapContext:
             return self.call(z.to(dtype)).double()
         args, kwargs = self.substituted({signal: z})
         return self.call(*args, **kwargs).double()
+
+    def from_inputs(self, a: Any) -> bool:
+        """Whether input `a` is derived from the model's inputs (else the model computes it
+        from its own constants: positions, masks, token types)."""
+        return isinstance(a, fx.Node) and a.name in self.run.inputs_reach
 
     def is_signal(self, a: Any) -> bool:
         """Whether input `a` is a signal (statistics, no fixed value)."""

@@ -346,6 +346,13 @@ def _normal_row(ref: torch.Tensor) -> torch.Tensor:
     return normal_particles(ref.shape[-1])
 
 
+def register_elementwise(*targets: Any) -> None:
+    """Declare elementwise operations (module types, functions, Tensor method names): their
+    moments come from Gauss-Hermite quadrature of the operation itself."""
+    for t in targets:
+        register_moment_map(t, elementwise, per_channel=True, elementwise=True)
+
+
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
     nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish,

@@ -31,8 +31,9 @@ from torch import fx, nn
 from .context import MapContext
 from .elementwise import channel_law
 from .geometry import ConvCall, dense
+from .pooling import matmul
 from .registry import register_moment_map
-from .statistics import Moments, cornish_fisher, law_cumulants
+from .statistics import Moments, cornish_fisher, fixed, law_cumulants
 
 log = logging.getLogger(__name__)
 
@@ -253,19 +254,32 @@ def matmul_function(ctx: MapContext) -> object:
     x_node, w_node = ctx.raw_args[i], ctx.raw_args[i + 1]
     weight = _param(ctx, w_node)
     if weight is None or weight.dim() != 2 or not ctx.is_signal(x_node):
-        from .pooling import matmul
         return matmul(ctx)
     bias = _param(ctx, ctx.raw_args[0]) if addmm else None
     return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[i], transposed=True,
                     shape=tuple(ctx.shape(x_node)[1:]))
 
 
-def embedding_module(ctx: MapContext) -> Moments:
-    """Rows of the table, every token equally likely: the statistics of its entries, per
-    column (the embedding dim is the output's channel dim)."""
-    m = ctx.module
-    w = ctx.weights.embedding(ctx.name, m.weight, m.padding_idx).detach().double().cpu()
+def table_rows(ctx: MapContext, w: torch.Tensor, ids: object) -> Moments:
+    """An embedding's output: for ids the model computes itself (positions, token types: not
+    derived from its inputs), the rows they pick, element by element; for ids from the inputs,
+    every token equally likely: the statistics of the table's entries per column."""
+    w = w.detach().double().cpu()
+    if isinstance(ids, fx.Node) and not ctx.from_inputs(ids):
+        value = ctx.value(ids)
+        if isinstance(value, torch.Tensor):
+            rows = w[value.long()]
+            found = fixed(rows, ctx.shape(ctx.raw_args[0])[0] if len(ctx.out_shape) ==
+                          rows.dim() else 0)
+            if found is not None:
+                return found.with_(channels=(-1,))
     return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (-1,))
+
+
+def embedding_module(ctx: MapContext) -> Moments:
+    m = ctx.module
+    w = ctx.weights.embedding(ctx.name, m.weight, m.padding_idx)
+    return table_rows(ctx, w, ctx.raw_args[0])
 
 
 def embedding_function(ctx: MapContext) -> object:
@@ -275,8 +289,8 @@ def embedding_function(ctx: MapContext) -> object:
     weight = _param(ctx, w_node)
     if weight is None:
         return NotImplemented
-    w = ctx.weights.embedding(_param_name(w_node), weight, None).detach().double().cpu()
-    return Moments(w.mean(0), w.var(0, unbiased=False), 0.0, (-1,))
+    w = ctx.weights.embedding(_param_name(w_node), weight, None)
+    return table_rows(ctx, w, ctx.raw_args[1 if aten else 0])
 
 
 def _register(targets: tuple, fn: Callable[[MapContext], object]) -> None:

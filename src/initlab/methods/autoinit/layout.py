@@ -8,7 +8,7 @@ on a tensor of channel indices: the output's channel dims are those along which 
 varies, and each output element keeps the statistics (and the law) of the element it came from.
 Flattening a feature map into features thus gives every feature its own channel's and
 position's statistics. The batch dim is dim 0; an operation that merges it with other dims
-(`view(B * T, d)`) gets statistics averaged over the merged dim.
+(`view(B * T, d)`) gets the mixture of the statistics over the merged dim.
 """
 from __future__ import annotations
 
@@ -89,9 +89,10 @@ def _moments(x: Moments, batch: int, law_rows: Optional[torch.Tensor], mean: Any
         return Moments(mean, var, shared, (), None, x.scales)
     if mean.shape[0] == batch:
         mean, var, shared, ids = (t[0] for t in (mean, var, shared, ids))
-    else:                                        # batch merged into dim 0: averaged over it
-        mean, var, shared = (t.mean(0) for t in (mean, var, shared))
-        ids = ids[0]
+    else:              # batch merged into dim 0: a mixture over it (means' spread to the variance)
+        m = mean.mean(0)
+        var, shared = (var + mean ** 2).mean(0) - m ** 2, shared.mean(0)
+        mean, ids = m, ids[0]
     nd = ids.dim()
     channels = tuple(d - nd for d in range(nd) if not _flat(ids, d))
     law = None

@@ -125,29 +125,43 @@ def _channels_after(ids: torch.Tensor) -> tuple[int, ...]:
 
 
 def _maximum(x: Moments, k: int, law: Optional[torch.Tensor]) -> Moments:
-    """Max over k independent positions: shared + max of k local values."""
+    """Max over k independent positions: shared + max of k local values. The max's quantile
+    at u is the law's at u^(1/k); the law's quantile function is interpolated from its
+    particles linearly in z = Phi^-1(u) (exact for a normal law, tails extrapolated)."""
     if k <= 1:
         return x
-    q = law.reshape(-1, law.shape[-1]) if law is not None else standardize(
-        torch.special.ndtri((torch.arange(64, dtype=torch.float64) + 0.5) / 64).reshape(1, -1))
-    kk = q.shape[-1]
-    u = ((torch.arange(kk, dtype=torch.float64) + 0.5) / kk) ** (1.0 / k)
-    idx = (u * kk - 0.5).clamp(0, kk - 1)
-    lo, hi = idx.floor().long(), idx.ceil().long()
-    frac = idx - lo
-    top = q[:, lo] * (1 - frac) + q[:, hi] * frac                   # quantiles of the max
+    levels = 1024
+    u = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
+    z = torch.special.ndtri(u ** (1.0 / k))                      # (levels,)
+    if law is None:
+        top = z.reshape(1, -1)
+    else:
+        q = law.reshape(-1, law.shape[-1])
+        kk = q.shape[-1]
+        zq = torch.special.ndtri((torch.arange(kk, dtype=torch.float64) + 0.5) / kk)
+        pos = torch.searchsorted(zq, z).clamp(1, kk - 1)
+        lo, hi = zq[pos - 1], zq[pos]
+        t = (z - lo) / (hi - lo)                                 # beyond the ends: linear
+        top = q[:, pos - 1] * (1 - t) + q[:, pos] * t
     e, v = top.mean(-1), top.var(-1, unbiased=False)
     if law is not None:
         e, v = e.reshape(law.shape[:-1]), v.reshape(law.shape[:-1])
-        top = top.reshape(law.shape)
     else:
-        e, v, top = e.reshape(()), v.reshape(()), top.reshape(-1)
+        e, v = e.reshape(()), v.reshape(())
     sd_l = x.local.sqrt()
-    new_law = standardize(top)
+    new_law = standardize(requantize_rows(top))
+    if law is not None:
+        new_law = new_law.reshape(*law.shape[:-1], -1)
     if float(x.shared.max()) > 0:
-        new_law = sum_law(x.shared.mean().sqrt().reshape(1), new_law,
+        new_law = sum_law(x.shared.mean().sqrt().reshape(1), new_law.reshape(-1, new_law.shape[-1]),
                           (x.local.mean() * v.mean()).sqrt().reshape(1), None)
     return x.with_(mean=x.mean + sd_l * e, var=x.shared + x.local * v, law=new_law)
+
+
+def requantize_rows(top: torch.Tensor) -> torch.Tensor:
+    """Quantile rows (R, 1024) to particles (R, PARTICLES): block means."""
+    from .statistics import PARTICLES
+    return top.reshape(top.shape[0], PARTICLES, -1).mean(-1)
 
 
 # -- softmax, products, attention -----------------------------------------------------------------
@@ -194,14 +208,30 @@ def key_counts(mask: Any, causal: bool, t_q: int, t_k: int) -> torch.Tensor:
     return torch.full((1,), t_k)
 
 
+def _weights(ctx: MapContext, var: float, t: int, dof: int, key_dof: int) -> tuple[float, float]:
+    """c = E sum_j a_j^2 for softmax weights over t logits N(0, var) (each query's variance
+    times chi^2_dof / dof), and with `key_dof` > 0, E sum_j a_j^2 s_j: key j and its value
+    projected from one input of key_dof entries share its squared length s_j ~
+    chi^2_key_dof / key_dof, which scales both the logit and the value (a long input gets a
+    large weight and a large value)."""
+    rows = max(16, ctx.run.cfg.mc_samples // t)
+    z = ctx.normal(rows, t) * math.sqrt(max(var, 0.0))
+    z = z * ctx.normal(rows, dof).pow(2).mean(1, keepdim=True).sqrt()
+    s = ctx.normal(rows, t, key_dof).pow(2).mean(2) if key_dof > 0 else torch.ones(rows, t,
+                                                                                 dtype=z.dtype)
+    a = torch.softmax(z * s.sqrt(), -1)
+    return float(a.pow(2).sum(-1).mean()), float((a.pow(2) * s).sum(-1).mean())
+
+
 def attention_moments(ctx: MapContext, q: Moments, k: Moments, v: Moments, d: int,
                       counts: torch.Tensor, scale: float, dropout: float = 0.0,
-                      keys: int = -2) -> Moments:
+                      keys: int = -2, key_dof: int = 0) -> Moments:
     """Attention of head size d, each query over `counts` keys; v's statistics averaged over
     its key dim `keys`. Along the keys only the parts of q . k that vary matter (softmax is
     shift-invariant): variance d E[q^2] local(k) scale^2, times chi^2_d / d per query. The
     weights a_j (sum 1) average the values: their shared part passes whole, the local part
-    shrinks by c = E sum_j a_j^2, and their mean over the keys is common to all queries.
+    shrinks by c = E sum_j a_j^2 (`_weights`; with `key_dof`, keys and values that share an
+    input of that many entries), and their mean over the keys is common to all queries.
     Inverted dropout p on the weights: sum_j a'_j has second moment 1 + c p / (1 - p), and
     sum_j a'_j^2 mean c / (1 - p). Channel by channel of v."""
     qc, kc = q.collapse(), k.collapse()
@@ -215,9 +245,8 @@ def attention_moments(ctx: MapContext, q: Moments, k: Moments, v: Moments, d: in
     for t, n in zip(values.tolist(), (freq / freq.sum()).tolist()):
         if t <= 0:
             continue
-        m, var = _softmax_mc(ctx, logit, int(t), dof=d)
-        c = t * (var + m * m)                                        # E sum_j a_j^2
-        second = second + n * ((1 + c * dropout / keep) * (vm ** 2 + vs) + c / keep * vl)
+        c, c_local = _weights(ctx, logit, int(t), d, key_dof)
+        second = second + n * ((1 + c * dropout / keep) * (vm ** 2 + vs) + c_local / keep * vl)
         shared = shared + n * (vs + vl / t)
     return Moments(vm, second - vm ** 2, shared, v.channels, None, v.scales).compact()
 

@@ -30,7 +30,7 @@ from .context import MapContext, Run
 from .elementwise import fused
 from .layout import follow
 from .registry import MapSpec, find_map
-from .statistics import Moments, chi_square_scales, constant
+from .statistics import Moments, chi_square_scales, fixed
 
 #: Functions that read a parameter as a table (their output is a signal without a signal input).
 _TABLES = {F.embedding, torch.ops.aten.embedding.default, torch.ops.aten.embedding}
@@ -75,20 +75,6 @@ def input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
     return Moments(v.mean(), v.var(unbiased=False), shared, scales=scales)
 
 
-def fixed(value: Any, batch: int) -> Optional[Moments]:
-    """Statistics of a constant: a float tensor's own values, element by element (variance
-    0), or, if it looks batched (its dim 0 is the batch size), its mean and variance over the
-    batch; a Python number as itself."""
-    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
-        return constant(value)
-    v = value.detach().double().cpu()
-    if v.dim() >= 2 and v.shape[0] == batch and batch > 1:
-        return Moments(v.mean(0), v.var(0, unbiased=False)).compact()
-    if v.dim() >= 1 and v.shape[0] == 1:
-        v = v[0]
-    return Moments(v, 0.0).compact()
-
-
 def propagate(run: Run, inputs: tuple) -> dict[str, Any]:
     """Moments of every node, in graph order (see the module docstring)."""
     est = run.estimates
@@ -99,6 +85,9 @@ def propagate(run: Run, inputs: tuple) -> dict[str, Any]:
     unknown: dict[str, list[str]] = {}
     placeholders = iter(inputs)
     for node in run.gm.graph.nodes:
+        if node.op == "placeholder" or any(a.name in run.inputs_reach
+                                           for a in node.all_input_nodes):
+            run.inputs_reach.add(node.name)
         if node.op == "placeholder":
             est[node.name] = input_moments(run.cfg, next(placeholders, None))
         elif node.op == "get_attr":

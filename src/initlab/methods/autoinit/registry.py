@@ -82,14 +82,6 @@ def unregister_moment_map(target: Target) -> Optional[MapSpec]:
     return table.pop(target, None)
 
 
-def register_elementwise(*targets: Target) -> None:
-    """Declare elementwise operations (module types, functions, Tensor method names): their
-    moments come from Gauss-Hermite quadrature of the operation itself."""
-    from .elementwise import elementwise
-    for t in targets:
-        register_moment_map(t, elementwise, per_channel=True, elementwise=True)
-
-
 def find_map(node: fx.Node, module: Optional[nn.Module]) -> Optional[MapSpec]:
     """The map for a graph node: by module type (nearest in the MRO), Tensor method name,
     function, or ATen overload and its packet."""

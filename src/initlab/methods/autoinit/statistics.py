@@ -160,6 +160,20 @@ def constant(value: object) -> Optional[Moments]:
     return None
 
 
+def fixed(value: object, batch: int) -> Optional[Moments]:
+    """Statistics of a constant: a float tensor's own values, element by element (variance
+    0), or, if it looks batched (its dim 0 is the batch size), its mean and variance over the
+    batch; a Python number as itself."""
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        return constant(value)
+    v = value.detach().double().cpu()
+    if v.dim() >= 2 and v.shape[0] == batch and batch > 1:
+        return Moments(v.mean(0), v.var(0, unbiased=False)).compact()
+    if v.dim() >= 1 and v.shape[0] == 1:
+        v = v[0]
+    return Moments(v, 0.0).compact()
+
+
 # -- quadrature and particles -----------------------------------------------------------------------
 @lru_cache(maxsize=8)
 def hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,7 +300,8 @@ def expectation(f: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
 
     E f and E f^2 by Gauss-Hermite for a normal X; for another law (particles (N or 1, K)),
     corrected by the particles' difference P_law[f] - P_normal[f] at the same mean and
-    variance, so that the particles' discretization error cancels. The shared part,
+    variance, so that the particles' discretization error cancels. Where f is not finite (the
+    normal law overhangs its domain), the law is conditioned on the domain. The shared part,
     Var_S E[f(X) | S], from the Hermite coefficients a_n = E f(X) He_n(Z) of the same
     quadrature: sum_n (shared / var)^n a_n^2 / n! (Mehler), the terms beyond HERMITE_TERMS
     bounded by the rest of f's variance. f takes and returns a flat float64 tensor."""
@@ -295,14 +310,17 @@ def expectation(f: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
     mu, sd = mean.unsqueeze(-1), var.sqrt().unsqueeze(-1)                   # (N, 1)
     z, w = hermite(points)
     y = apply(mu + sd * z)                                                   # (N, points)
+    w = _domain(y, w)
+    y = y.nan_to_num(0.0, 0.0, 0.0)
     y2 = y * y
-    m, second, fourth = y @ w, y2 @ w, (y2 * y2) @ w
+    m, second, fourth = (y * w).sum(-1), (y2 * w).sum(-1), (y2 * y2 * w).sum(-1)
     q = law if law is not None else normal_particles().unsqueeze(0)
     fq = apply(mu + sd * q)                                                  # (N, K)
+    fq = torch.where(torch.isfinite(fq), fq, fq.nan_to_num(0.0, 0.0, 0.0).amax(-1, keepdim=True))
     out_shared = torch.zeros_like(m)
     has = shared > 1e-12 * var.clamp_min(1e-300)
     if bool(has.any()):
-        a = (y[has] * w) @ _hermite_basis(points) * torch.tensor(
+        a = (y[has] * w[has]) @ _hermite_basis(points) * torch.tensor(
             [float(math.factorial(n)) for n in range(1, HERMITE_TERMS + 1)],
             dtype=torch.float64)                                             # a_n
         r = (shared[has] / var[has].clamp_min(1e-300)).clamp(0, 1).unsqueeze(-1)
@@ -313,10 +331,21 @@ def expectation(f: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
         rest = (second[has] - m[has] ** 2 - (a * a / fact).sum(-1)).clamp_min(0)
         out_shared[has] = series + rest * r.squeeze(-1) ** (HERMITE_TERMS + 1)
     if law is not None:
-        fg = apply(mu + sd * normal_particles())
+        fg = apply(mu + sd * normal_particles()).nan_to_num(0.0, 0.0, 0.0)
         m = m + fq.mean(-1) - fg.mean(-1)
         second = second + fq.pow(2).mean(-1) - fg.pow(2).mean(-1)
     return m, second, fourth, out_shared, fq
+
+
+def _domain(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Quadrature weights (N, points) restricted to the nodes where f is finite and
+    renormalized: a function defined on part of the line (sqrt, log, rsqrt of a positive
+    signal that a normal law overhangs) gets the law conditioned on its domain."""
+    finite = torch.isfinite(y)
+    if bool(finite.all()):
+        return w.expand_as(y)
+    wf = w * finite
+    return wf / wf.sum(-1, keepdim=True).clamp_min(1e-300)
 
 
 # -- per-sample scale classes -----------------------------------------------------------------------
