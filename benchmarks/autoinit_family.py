@@ -323,6 +323,27 @@ FAMILY: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
+# -- ablations: AutoInit without one of its mechanisms (benchmark only) ----------------------------
+def ablate(names: list[str]) -> None:
+    """Switch AutoInit mechanisms off by patching the library (this process only):
+    "scales" (per-sample scale classes), "laws" (non-normal laws), "fusion" (elementwise chains
+    on one tensor as one function)."""
+    from initlab.methods.autoinit import elementwise, layers, pooling, propagate, statistics
+    for name in names:
+        if name == "scales":
+            propagate.chi_square_scales = lambda n, classes=16: None
+            elementwise.spread = lambda scales, tau2: scales
+        elif name == "laws":
+            elementwise.is_normal = lambda law, *a, **k: True
+            layers.cornish_fisher = lambda k3, k4: None
+            pooling.channel_law = lambda x: None
+            statistics.is_normal = elementwise.is_normal
+        elif name == "fusion":
+            propagate.elementwise_root = lambda *args: None
+        else:
+            raise SystemExit(f"unknown ablation {name!r}: scales, laws, fusion")
+
+
 # -- measurement ----------------------------------------------------------------------------------
 MEASURED = (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)
 
@@ -423,6 +444,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512, help="fresh batch the variances are measured on")
     p.add_argument("--only", default="", help="comma-separated name prefixes")
     p.add_argument("--settings", default="{}", help="AutoInitConfig fields as JSON (default: none)")
+    p.add_argument("--ablate", default="", help="comma-separated mechanisms to switch off: "
+                   "scales, laws, fusion (see `ablate`)")
     p.add_argument("--out", default="runs/autoinit_family.jsonl")
     p.add_argument("--table", default=None, help="print the table of this JSON-lines file and exit")
     args = p.parse_args()
@@ -430,6 +453,8 @@ def main() -> None:
         print(table(load(Path(args.table))))
         return
     torch.set_num_threads(1)
+    if args.ablate:
+        ablate(args.ablate.split(","))
     settings = json.loads(args.settings)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

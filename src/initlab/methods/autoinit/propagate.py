@@ -115,7 +115,7 @@ def _pooled(value: Any) -> Any:
     return value
 
 
-def _root(run: Run, node: fx.Node, spec: Optional[MapSpec], signals: list[fx.Node],
+def elementwise_root(run: Run, node: fx.Node, spec: Optional[MapSpec], signals: list[fx.Node],
           roots: dict[fx.Node, fx.Node]) -> Optional[fx.Node]:
     """The tensor this elementwise node is a function of, if all its signals share one."""
     if spec is None or not spec.elementwise or not signals:
@@ -141,7 +141,7 @@ def _step(run: Run, node: fx.Node, roots: dict[fx.Node, fx.Node],
         _pooled(est.get(n.name)) if pooled else est.get(n.name)))
     ctx = MapContext(node, module, args, kwargs, run)
     signals = [a for a in run_inputs(node) if ctx.is_signal(a)]
-    root = _root(run, node, spec, signals, roots)
+    root = elementwise_root(run, node, spec, signals, roots)
     if root is not None:
         roots[node] = root
     out: Any = NotImplemented
