@@ -4,7 +4,8 @@ Contract: the query, key and value projections are drawn as three Linear layers,
 own input's statistics (the blocks of a packed `in_proj_weight` one by one), their biases zeroed;
 attention itself as for `F.scaled_dot_product_attention` (`pooling.attention_moments`), with the
 causal flag, `attn_mask` and `key_padding_mask` counted by the keys each query may see, and
-keys and values read from one input sharing its length; then
+keys and values read from one input sharing its length and, through the weights drawn, a
+linear response of the weights to the values (`_response`); then
 `out_proj` from the attention output's statistics. `add_bias_kv` tokens are left as they are.
 """
 from __future__ import annotations
@@ -43,6 +44,39 @@ def _projections(ctx: MapContext, m: nn.MultiheadAttention, inputs: list[Moments
             for p, w, x, s in zip("qkv", weights, inputs, shapes)]
 
 
+def _weights_of(ctx: MapContext, m: nn.MultiheadAttention) -> list[torch.Tensor]:
+    """The q, k, v projection weights as they will be written, (E, E_in) each."""
+    if m._qkv_same_embed_dim:
+        return list(ctx.weights.value(m.in_proj_weight).detach().double().cpu().chunk(3))
+    return [ctx.weights.value(w).detach().double().cpu()
+            for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
+
+
+def _second(x: Moments, size: int) -> torch.Tensor:
+    """E[x^2] per channel of the last dim, averaged over positions, (size,)."""
+    s = x.second
+    s = s.reshape(-1, s.shape[-1]).mean(0) if s.dim() else s.reshape(1)
+    return s.expand(size) if s.numel() == 1 else s
+
+
+def _response(ctx: MapContext, m: nn.MultiheadAttention, query: Moments,
+              key: Moments) -> torch.Tensor:
+    """What a key and its value read from one input add to each output channel: the logit of
+    key j, scale q . W_k u_j, and the value W_v u_j are correlated through u_j for the weights
+    drawn, so a query's weighted average leans to the values its logits favour. To first order
+    in the logits (nearly uniform weights) the output gains Cov_j(logit_j, v_jc), whose
+    variance over queries is scale^2 |S_q^(1/2) W_q^T W_k S_u W_v[c]^T|^2 per channel c of a
+    head (S the inputs' second moments). Shape (E,)."""
+    wq, wk, wv = _weights_of(ctx, m)
+    sq, su = _second(query, wq.shape[1]), _second(key, wk.shape[1])
+    d, extra = m.head_dim, []
+    for h in range(m.num_heads):
+        rows = slice(h * d, (h + 1) * d)
+        r = sq.sqrt().unsqueeze(1) * (wq[rows].T @ (wk[rows] * su) @ wv[rows].T)   # (E_q, d)
+        extra.append(r.pow(2).sum(0) / d)                    # scale^2 = 1 / d
+    return torch.cat(extra)
+
+
 def multihead_attention(ctx: MapContext) -> Any:
     """(attention output, attention weights) of `nn.MultiheadAttention`."""
     m: nn.MultiheadAttention = ctx.module
@@ -65,6 +99,8 @@ def multihead_attention(ctx: MapContext) -> Any:
     a = attention_moments(ctx, q, k, v, d, counts, 1 / math.sqrt(d),
                           m.dropout if m.training else 0.0, keys=-2 if m.batch_first else -1,
                           key_dof=m.kdim if raw[1] is raw[2] else 0)
+    if raw[1] is raw[2]:
+        a = a.with_(var=a.var + _response(ctx, m, inputs[0], inputs[1]))
     y = weighted(ctx, f"{ctx.name}.out_proj", m.out_proj.weight, m.out_proj.bias, a,
                  shape=tuple(full[0][1:-1]) + (m.embed_dim,))
     return y, None

@@ -56,9 +56,19 @@ def elementwise(ctx: MapContext) -> Any:
 
 
 def _per_sample(ctx: MapContext) -> int:
+    """Elements of one position of the output (the product of its channel dims), or of one
+    sample where it has no channel dims or its scale classes are per sample: what a scale
+    class averages over."""
     shape = ctx.out_shape
-    return math.prod(shape[1:]) if isinstance(shape, tuple) and shape and \
-        all(isinstance(s, int) for s in shape) else 0
+    if not (isinstance(shape, tuple) and shape and all(isinstance(s, int) for s in shape)):
+        return 0
+    signal = next((a for a in ctx.node.all_input_nodes if ctx.is_signal(a)), None)
+    x = ctx.run_moments(signal) if signal is not None else None
+    dims = shape[1:]
+    if isinstance(x, Moments) and x.channels and not x.sample_wide and \
+            len(dims) >= max(-c for c in x.channels):
+        return math.prod(dims[c] for c in x.channels)
+    return math.prod(dims)
 
 
 LINEARIZED = 0.25   # classes spanning less (in log scale): 3 evaluations, else 5
@@ -99,11 +109,10 @@ def _buckets(x: Moments) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Ten
 def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
           elements: int = 0) -> Moments:
     """The Moments of f(x) for an elementwise f, element by element (elements with nearly
-    equal statistics computed once). With scale classes, per class; classes close to 1 by three
-    evaluations and a quadratic in between. A class's mean differs from the others' by a
-    per-sample offset, shared over positions. Given the `elements` per sample, each sample's
-    mean square of f(x) fluctuates around its class's, which spreads the classes
-    (`statistics.spread`)."""
+    equal statistics computed once). With scale classes, per class (3 or 5 scales evaluated,
+    interpolated in between); the classes' different means vary over positions (local). Given
+    the `elements` of one position, each position's mean square of f(x) fluctuates around its
+    class's, which spreads the classes (`statistics.spread`)."""
     shape = x.mean.shape
     inverse, stats, law = _buckets(x)
     counts = torch.bincount(inverse, minlength=stats.shape[0]).double()
@@ -125,8 +134,9 @@ def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
         m, sh = _interpolated(m, at, g), _interpolated(sh, at, g).clamp_min(0)
         s2, s4 = (_interpolated(t.clamp_min(1e-300).log(), at, g).exp() for t in (s2, s4))
     out_mean, out_second = m.mean(0), s2.mean(0)
-    positions = len(x.channels) < len(shape) or x.mean.dim() == 0
-    out_shared = sh.mean(0) + (m.var(0, unbiased=False) if positions and m.shape[0] > 1 else 0)
+    out_shared = sh.mean(0)         # the classes' different means: shared if per sample
+    if x.sample_wide and m.shape[0] > 1 and len(x.channels) < len(shape):
+        out_shared = out_shared + m.var(0, unbiased=False)
     per_class = (s2 * counts).sum(1)
     scales = None if g is None or not float(per_class.mean()) > 0 else \
         per_class / per_class.mean()
@@ -137,7 +147,7 @@ def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
     def back(t: torch.Tensor) -> torch.Tensor:
         return t[inverse].reshape(shape)
     y = Moments(back(out_mean), back(out_second - out_mean ** 2), back(out_shared), x.channels,
-                out_law, spread(scales, noise))
+                out_law, spread(scales, noise), x.sample_wide)
     return y.with_(law=channel_law(y)).compact()
 
 
@@ -243,7 +253,7 @@ def total(a: Moments, b: Moments, alpha: float = 1.0) -> Moments:
                            (b.scales, alpha ** 2 * float(b.second.mean()))])
     return Moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
                    a.shared + alpha ** 2 * b.shared, tuple(set(a.channels) | set(b.channels)),
-                   law, scales).compact()
+                   law, scales, a.sample_wide or b.sample_wide).compact()
 
 
 def product(a: Moments, b: Moments) -> Moments:
@@ -253,7 +263,8 @@ def product(a: Moments, b: Moments) -> Moments:
     scales = a.scales if b.scales is None else b.scales if a.scales is None else \
         a.scales * b.scales / (a.scales * b.scales).mean()
     return Moments(mean, a.second * b.second - mean ** 2, shared,
-                   tuple(set(a.channels) | set(b.channels)), None, scales).compact()
+                   tuple(set(a.channels) | set(b.channels)), None, scales,
+                   a.sample_wide or b.sample_wide).compact()
 
 
 def _same(ctx: MapContext) -> bool:
@@ -338,7 +349,8 @@ def cat(ctx: MapContext) -> Any:
             law = torch.cat(pieces, d)
     scales = mixed_scales([(p.scales, float(p.second.mean()) * math.prod(s))
                            for p, s in zip(full, shapes)])
-    return Moments(*stats, tuple(channels), law, scales).compact()
+    return Moments(*stats, tuple(channels), law, scales,
+                   any(p.sample_wide for p in full)).compact()
 
 
 def _normal_row(ref: torch.Tensor) -> torch.Tensor:

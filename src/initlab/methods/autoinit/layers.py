@@ -33,7 +33,7 @@ from .elementwise import channel_law
 from .geometry import ConvCall, dense
 from .pooling import matmul
 from .registry import register_moment_map
-from .statistics import Moments, cornish_fisher, fixed, law_cumulants
+from .statistics import Moments, cornish_fisher, fixed, law_cumulants, narrowed
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def linear_outputs(x: Moments, shape: tuple[int, ...], w: torch.Tensor,
         sd = x.var.sqrt()
         law = _law_of(x, local + shared, last(skew * sd ** 3) @ (w2 * w).T,
                       last(kurt * sd ** 4) @ (w2 * w2).T, channels)
-    return Moments(mean, local + shared, shared, channels, law, x.scales).compact()
+    return Moments(mean, local + shared, shared, channels, law, x.scales,
+                   x.sample_wide).compact()
 
 
 def conv_outputs(x: Moments, shape: tuple[int, ...], conv: ConvCall, w: torch.Tensor,
@@ -117,7 +118,10 @@ def conv_outputs(x: Moments, shape: tuple[int, ...], conv: ConvCall, w: torch.Te
         tail = (1,) * (len(shape) - 1)
         law = _law_of(x, (local + shared).flatten(1).mean(1).reshape(-1, *tail),
                       k3.reshape(-1, *tail), k4.reshape(-1, *tail), channels)
-    return Moments(mean, local + shared, shared, channels, law, x.scales).compact()
+    # a unit reads a patch of positions: their scales average (independent positions)
+    scales = x.scales if x.sample_wide else narrowed(x.scales, math.prod(w.shape[2:]))
+    return Moments(mean, local + shared, shared, channels, law, scales,
+                   x.sample_wide).compact()
 
 
 def seen_second(x: Moments, shape: tuple[int, ...], conv: Optional[ConvCall],

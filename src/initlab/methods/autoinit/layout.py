@@ -86,7 +86,7 @@ def _moments(x: Moments, batch: int, law_rows: Optional[torch.Tensor], mean: Any
     if not isinstance(mean, torch.Tensor):
         return None
     if mean.dim() == 0:
-        return Moments(mean, var, shared, (), None, x.scales)
+        return Moments(mean, var, shared, (), None, x.scales, x.sample_wide)
     if mean.shape[0] == batch:
         mean, var, shared, ids = (t[0] for t in (mean, var, shared, ids))
     else:              # batch merged into dim 0: a mixture over it (means' spread to the variance)
@@ -102,7 +102,7 @@ def _moments(x: Moments, batch: int, law_rows: Optional[torch.Tensor], mean: Any
             if d - nd not in channels:
                 index = index.narrow(d, 0, 1)
         law = law_rows[index.round().long()]
-    return Moments(mean, var, shared, channels, law, x.scales).compact()
+    return Moments(mean, var, shared, channels, law, x.scales, x.sample_wide).compact()
 
 
 def _flat(t: torch.Tensor, d: int) -> bool:
@@ -141,7 +141,7 @@ def pad(ctx: MapContext) -> Any:
         law = None                           # new channels without a law: pooled shape lost
     return Moments(padded(full.mean, value), padded(full.var, 0.0), padded(full.shared, 0.0),
                    channels + tuple(c for c in x.channels if c + nd in grown), law,
-                   x.scales).compact()
+                   x.scales, x.sample_wide).compact()
 
 
 LAYOUT = (

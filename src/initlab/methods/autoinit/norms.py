@@ -48,7 +48,7 @@ def _affine(y: Moments, weight: Optional[torch.Tensor], bias: Optional[torch.Ten
     law = y.law if bool((a > 0).all()) else None
     channels = y.channels + ((-tail,) if tail > 0 else tuple(range(-a.dim(), 0)))
     return Moments(y.mean * a + b, y.var * a * a, y.shared * a * a, channels, law,
-                   y.scales).compact()
+                   y.scales, y.sample_wide).compact()
 
 
 def standardized(x: Moments, shape: tuple[int, ...], dims: list[int], rms: bool,
@@ -110,7 +110,7 @@ def batch_norm(ctx: MapContext) -> Moments:
         center = m.running_mean.double().cpu().reshape(-1, *tail)
         scale2 = (m.running_var.double().cpu() + m.eps).reshape(-1, *tail)
     y = Moments((full.mean - center) / scale2.sqrt(), full.var / scale2, full.shared / scale2,
-                tuple(set(x.channels) | {-nd}), x.law, x.scales)
+                tuple(set(x.channels) | {-nd}), x.law, x.scales, x.sample_wide)
     return _affine(y.compact(), _value(ctx, m.weight), _value(ctx, m.bias), nd)
 
 

@@ -25,7 +25,7 @@ from torch import fx, nn
 from .context import MapContext
 from .elementwise import channel_law
 from .registry import register_moment_map
-from .statistics import Moments, constant, standardize, sum_law
+from .statistics import Moments, constant, narrowed, standardize, sum_law
 
 
 def _name(ctx: MapContext) -> str:
@@ -109,7 +109,8 @@ def reduce(ctx: MapContext) -> Any:
     mean, local, shared = avg[0], avg[1], avg[2]
     var = shared / k_chan + local / (k_chan * (1 if is_max else k_pos))
     shared_out = shared / k_chan
-    y = Moments(mean, var, shared_out, _channels_after(ids_out), None, x.scales)
+    scales = x.scales if is_max or x.sample_wide else narrowed(x.scales, k_pos)
+    y = Moments(mean, var, shared_out, _channels_after(ids_out), None, scales, x.sample_wide)
     if is_max:
         y = _maximum(y, k_pos, channel_law(x))
     if summing:
@@ -242,13 +243,19 @@ def attention_moments(ctx: MapContext, q: Moments, k: Moments, v: Moments, d: in
     keep = 1.0 - dropout
     values, freq = torch.unique(counts, return_counts=True)
     second = shared = 0.0
+    narrowing = 0.0
     for t, n in zip(values.tolist(), (freq / freq.sum()).tolist()):
         if t <= 0:
             continue
         c, c_local = _weights(ctx, logit, int(t), d, key_dof)
         second = second + n * ((1 + c * dropout / keep) * (vm ** 2 + vs) + c_local / keep * vl)
         shared = shared + n * (vs + vl / t)
-    return Moments(vm, second - vm ** 2, shared, v.channels, None, v.scales).compact()
+        narrowing = narrowing + n * c
+    # a query's output averages the values of ~1/c keys: their scales average
+    scales = narrowed(v.scales, 1 / narrowing) if narrowing > 0 and not v.sample_wide \
+        else v.scales
+    return Moments(vm, second - vm ** 2, shared, v.channels, None, scales,
+                   v.sample_wide).compact()
 
 
 def sdpa(ctx: MapContext) -> Any:

@@ -57,14 +57,19 @@ def signal_nodes(gm: fx.GraphModule, inputs: tuple) -> set[fx.Node]:
 def input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
     """The statistics of a graph input: the configured ones, or with "measure" its own
     (mean and variance over all elements; for maps, the spread of the per-(sample, dim 1) means
-    beyond what i.i.d. noise gives, as the shared part)."""
+    beyond what i.i.d. noise gives, as the shared part). Scale classes: those of a mean square
+    over one position's elements (the last dim of features and tokens, the whole sample of an
+    image)."""
     if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
         return None
-    n = max(1, x[0].numel()) if x.dim() > 0 else 1
+    # a position: the last dim for features and tokens; an image's pixels are mixed by convs,
+    # so its classes are the whole sample's
+    wide = x.dim() >= 4
+    n = max(1, x[0].numel()) if wide or x.dim() < 2 else x.shape[-1]
     scales = chi_square_scales(n)
     if cfg.input_moments != "measure":
         mean, var = (0.0, 1.0) if cfg.input_moments == "standard" else cfg.input_moments
-        return Moments(float(mean), float(var), scales=scales)
+        return Moments(float(mean), float(var), scales=scales, sample_wide=wide)
     v = x.detach().double().cpu()
     shared = 0.0
     if v.dim() >= 3:
@@ -72,7 +77,7 @@ def input_moments(cfg: AutoInitConfig, x: Any) -> Optional[Moments]:
         spread = float(per.mean(2).var(1, unbiased=False).mean())
         noise = float(per.var(2, unbiased=False).mean()) / per.shape[2]
         shared = max(0.0, spread - noise)
-    return Moments(v.mean(), v.var(unbiased=False), shared, scales=scales)
+    return Moments(v.mean(), v.var(unbiased=False), shared, scales=scales, sample_wide=wide)
 
 
 def propagate(run: Run, inputs: tuple) -> dict[str, Any]:

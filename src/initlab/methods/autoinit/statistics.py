@@ -16,11 +16,17 @@ The pieces, each for a reason that holds in any network:
 - **law**: where a signal is not normal (an activation's output), its standardized
   distribution as `PARTICLES` sorted quantiles, a tensor (..., K) broadcastable to the
   statistics with K appended (usually one law per channel); None means normal;
-- **scales**: how much the samples differ in overall scale: `SAMPLE_CLASSES` equally likely
-  classes of samples, each a factor (mean 1) on a typical sample's second moment. A sample's
-  mean square over finitely many units fluctuates, and through an activation that is not
-  positively homogeneous (SiLU, GELU) the fluctuations grow with depth and raise the pooled
-  variance (the activation is convex in the scale); None means all samples alike.
+- **scales**: how much positions (one sample's channels at one position: a token, a feature
+  vector; the whole sample when it has no positions) differ in overall scale:
+  `SAMPLE_CLASSES` equally likely classes, each a factor (mean 1) on a typical position's
+  second moment. A weighted layer's unit sums one position's channels, so its output scales
+  with that position's mean square, which over finitely many channels fluctuates. Through an
+  activation that is not positively homogeneous (SiLU, GELU) the fluctuations grow with depth
+  and raise the pooled variance (the activation is convex in the scale); through a product of
+  two layers' outputs (gated units) the scale is squared. Averages over positions
+  (convolution taps, pooling, attention) narrow them. For images (`sample_wide`) the classes
+  are the samples' overall scales instead, common to all positions: their different means are
+  shared over positions, and averages over positions keep them. None means all alike.
 
 `Moments(0.0, 1.0)` is a standard normal of any shape.
 """
@@ -53,6 +59,8 @@ class Moments:
     channels: tuple[int, ...] = ()
     law: Optional[torch.Tensor] = None
     scales: Optional[torch.Tensor] = None
+    sample_wide: bool = False         # scale classes per sample (all positions alike), not
+    #                                   per position
 
     def __post_init__(self) -> None:
         mean, var, shared = torch.broadcast_tensors(_t(self.mean), _t(self.var).clamp_min(0.0),
@@ -135,7 +143,8 @@ class Moments:
         shared = self.shared.mean() + per_channel.var(unbiased=False) \
             if per_channel.numel() > 1 else self.shared.mean()
         law = None if self.law is None else mixed(self.particles(), self.mean, self.var.sqrt())
-        return Moments(mean, self.second.mean() - mean ** 2, shared, (), law, self.scales)
+        return Moments(mean, self.second.mean() - mean ** 2, shared, (), law, self.scales,
+                       self.sample_wide)
 
 
 def _flat(t: torch.Tensor, d: int) -> bool:
@@ -258,11 +267,15 @@ def cornish_fisher(k3: torch.Tensor, k4: torch.Tensor) -> Optional[torch.Tensor]
 def sum_law(a_sd: torch.Tensor, a: Optional[torch.Tensor], b_sd: torch.Tensor,
             b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The law of a + b for independent a, b with these standard deviations (per law row):
-    all pairs of particles (a normal side as 16 quantiles), requantized."""
+    all pairs of a's particles with 16 quantiles of b's law (b's as given when a is normal),
+    requantized."""
     if a is None and b is None:
         return None
-    qa = a if a is not None else _normal_quantiles(16)
-    qb = b if b is not None else _normal_quantiles(16)
+    if a is None:
+        a, b, a_sd, b_sd = b, a, b_sd, a_sd
+    qa = a
+    qb = _normal_quantiles(16) if b is None else \
+        b.reshape(*b.shape[:-1], 16, b.shape[-1] // 16).mean(-1)
     qa, qb = torch.broadcast_tensors(qa.unsqueeze(-1) * a_sd.unsqueeze(-1).unsqueeze(-1),
                                      qb.unsqueeze(-2) * b_sd.unsqueeze(-1).unsqueeze(-1))
     atoms = (qa + qb).flatten(-2)
@@ -360,16 +373,29 @@ def chi_square_scales(n: int, classes: int = SAMPLE_CLASSES) -> Optional[torch.T
     return g / g.mean()
 
 
-def spread(scales: Optional[torch.Tensor], tau2: float) -> Optional[torch.Tensor]:
-    """Scale classes after each sample's scale is multiplied by an independent factor
-    1 + N(0, tau2) (clipped positive): four quantiles of the factor, requantized."""
-    if tau2 <= 0 or not math.isfinite(tau2):
+def narrowed(scales: Optional[torch.Tensor], n: float) -> Optional[torch.Tensor]:
+    """Scale classes of an average of n independent positions: deviations from 1 shrink by
+    sqrt(n)."""
+    if scales is None or n <= 1:
         return scales
-    g = torch.ones(SAMPLE_CLASSES, dtype=torch.float64) if scales is None else scales
-    e = _normal_quantiles(4)
-    atoms = (g.reshape(-1, 1) * (1 + math.sqrt(tau2) * e).clamp_min(0.05)).reshape(1, -1)
-    out = requantize(atoms, g.numel()).reshape(-1)
-    return out / out.mean()
+    g = 1 + (scales - 1) / math.sqrt(n)
+    return g.clamp_min(1e-6) / g.clamp_min(1e-6).mean()
+
+
+def spread(scales: Optional[torch.Tensor], tau2: float) -> Optional[torch.Tensor]:
+    """Scale classes after each position's scale is multiplied by an independent factor of
+    relative variance tau2: the classes' spread in log scale widened to match, their order
+    kept (class k of two tensors of the same positions stays the same positions)."""
+    if scales is None or tau2 <= 0 or not math.isfinite(tau2):
+        return scales
+    u = scales.clamp_min(1e-12).log()
+    var = float(u.var(unbiased=False))
+    extra = math.log1p(tau2)
+    if var <= 1e-12:
+        return scales
+    u = u.mean() + (u - u.mean()) * math.sqrt((var + extra) / var)
+    g = u.exp()
+    return g / g.mean()
 
 
 def mixed_scales(parts: list[tuple[Optional[torch.Tensor], float]]) -> Optional[torch.Tensor]:
