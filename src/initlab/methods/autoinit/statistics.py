@@ -236,7 +236,7 @@ def mixed(law: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tens
 
 def is_normal(law: Optional[torch.Tensor], skew: float = 0.02, kurtosis: float = 0.05) -> bool:
     """Whether particles are within `skew` and excess `kurtosis` of a normal law (closer, the
-    difference moves an activation's moments by well under 1 %)."""
+    difference hardly moves an activation's moments)."""
     if law is None:
         return True
     k3, k4 = law_cumulants(law)
