@@ -51,12 +51,15 @@ def union_batches(n: int = 8, dtype=torch.float64) -> list[tuple[torch.Tensor, t
     return [(torch.cat([p[k][0] for p in per]), torch.cat([p[k][1] for p in per])) for k in range(n)]
 
 
-# Settings of the equality runs: both branches occur (checked by the test).
+# Settings of the equality runs: both branches occur (checked by the test). The authors' search
+# (faithful) and the default one (warm start, stopping rule, guard: every decision collective).
 RUNS: dict[str, dict[str, Any]] = {
-    "sgd": dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35),
-    "adam": dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, overlap=False),
+    "sgd": dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35, faithful=True),
+    "adam": dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, overlap=False,
+                 faithful=True),
     "second_order": dict(target="sgd", lr=0.1, steps=8, scale_lr=0.05, gamma=0.35,
-                         normalize_grad=False, second_order=True),
+                         normalize_grad=False, second_order=True, faithful=True),
+    "default": dict(target="sgd", lr=0.1, steps=40, patience=4, gamma=1.0),
 }
 ALPHA = torch.tensor([0.8, 1.3, 0.6, 1.1, 0.9, 1.2], dtype=torch.float64)
 
@@ -90,7 +93,8 @@ def scenarios(rank: int) -> dict[str, Any]:
         model = mlp(0)
         report = initlab.gradinit(model, data, **settings)
         out[name] = dict(params={k: v.detach().clone() for k, v in model.state_dict().items()},
-                         scales=report.scales, history=report.history)
+                         scales=report.scales, history=report.history,
+                         outcome=report.outcome)
 
     # One step's scale gradients against the one-process formulas on the union of S (and S~).
     out["grad_constraint"] = one_step_grad(data, "constraint")
@@ -124,11 +128,28 @@ def scenarios(rank: int) -> dict[str, Any]:
     out["fail_objective"] = failure(rank, data, 4, steps=5, gamma=1e9)
     out["fail_second_order"] = failure(rank, data, 4, steps=5, gamma=1e9, second_order=True)
     model = mlp(0)
+    out["fail_warm_start"] = failure(rank, data, 1, steps=5)  # the first loss call
+    calls = [0]
+
+    def counting(model, batch):
+        calls[0] += 1
+        return F.cross_entropy(model(batch[0]), batch[1])
+    initlab.gradinit(mlp(0), data, loss_fn=counting, steps=5)
+    out["fail_guard"] = failure(rank, data, calls[0], steps=5)  # the last one: the guard's
+    out["vote"] = [DistributedGradInitSearch.any_rank(_Voter(), flag)  # type: ignore[arg-type]
+                   for flag in (rank == 1, False, True)]
     out["bad_setting"] = _error(lambda: initlab.gradinit(model, data, steps=3,
                                                          lr=0.1 if rank == 0 else -1.0))
     out["different_setting"] = _error(lambda: initlab.gradinit(model, data, steps=3 + rank))
     out["still_in_step"] = _still_in_step()
     return out
+
+
+class _Voter:
+    """Just enough of a search for `any_rank`: the ranks of the process group."""
+
+    def __init__(self) -> None:
+        self.ranks = current_ranks()
 
 
 def one_step_grad(data: list, kind: str) -> dict[str, Any]:

@@ -52,11 +52,12 @@ def plain_settings(cfg: Any) -> dict[str, Any]:
 
 def finish(model: nn.Module, method: str, *, settings: dict[str, Any],
            history: Iterable[dict[str, Any]] = (), scales: Optional[dict[str, float]] = None,
-           specs: Optional[list[ParamSpec]] = None) -> InitReport:
+           specs: Optional[list[ParamSpec]] = None,
+           outcome: Optional[dict[str, Any]] = None) -> InitReport:
     """Mark `model` as initialized by `method` and return its report. `specs` (default: every
     trainable tensor of `model`) gives the architecture that `apply` checks on replay."""
     mark_applied(model, method)
     specs = trainable_params(model) if specs is None else specs
     return InitReport(method=method, scales=dict(scales or {}),
                       shapes={s.name: list(s.shape) for s in specs}, history=list(history),
-                      settings=settings, version=__version__)
+                      settings=settings, version=__version__, outcome=dict(outcome or {}))

@@ -26,6 +26,7 @@ class InitReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)  # how the method ended (plain values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +53,7 @@ class InitReport:
         if branches:
             lines.append(f"  {len(branches)} iterations: {branches.count('objective')} objective, "
                          f"{branches.count('constraint')} constraint")
+        lines += [f"  {k}: {v}" for k, v in self.outcome.items()]
         return "\n".join(lines)
 
 

@@ -5,14 +5,16 @@ constructor's draws and the data order), is initialized through the registry
 (`initlab.initialize`), then trained with the same `TrainConfig`. A method "a+b" applies a, then
 b to its result (e.g. "kaiming+gradinit": GradInit starting from He init, as in the paper).
 
-GradInit in the lab follows the authors' CIFAR recipe (Zhu et al. 2021; target = the training
-optimizer, eta = its learning rate, gamma = 1, normalized SGD step, floor 0.01, clip 1) with two
-choices scaled to small data:
+`gradinit-authors` in the lab follows the authors' CIFAR recipe (Zhu et al. 2021; target = the
+training optimizer, eta = its learning rate, gamma = 1, normalized SGD step, floor 0.01, clip 1)
+with two choices scaled to small data:
 - its batches are the training set in half-size batches (S = 2 x batch/2, like the authors'
   64 + 64 at batch 128), in their own seeded order;
 - steps = one epoch of training batches, at least 100 and at most the authors' 390;
 - scale_lr follows the authors' per-architecture values: VGG 1e-2 without BN / 1e-1 with BN,
   ResNet 5e-2 / 1e-3, MLP 1e-2. With an Adam target, gamma = 1000 (L1) as in their recipe.
+The default `gradinit` gets only the target optimizer and its learning rate (it chooses its own
+budget) and batches of the training batch size (S = one training batch).
 Every choice can be overridden per method with `method_settings`, e.g. {"gradinit": {"steps": 50}}.
 """
 from __future__ import annotations
@@ -63,8 +65,10 @@ class CompareConfig:
 def method_settings(name: str, cfg: CompareConfig, train_batches: Batches) -> dict[str, Any]:
     """Keyword settings passed to `initialize` for method `name` (lab defaults + overrides)."""
     settings: dict[str, Any] = {}
+    t = cfg.train
     if name == "gradinit":
-        t = cfg.train
+        settings = {"target": t.optimizer, "lr": t.lr}
+    elif name == "gradinit-authors":
         settings = {"target": t.optimizer, "lr": t.lr,
                     "steps": min(390, max(100, len(train_batches))),
                     "scale_lr": GRADINIT_SCALE_LR.get((cfg.model, cfg.bn), 1e-2)}
@@ -107,8 +111,11 @@ def run_one(cfg: CompareConfig, data: Dataset, name: str, seed: int) -> dict[str
     train_batches = distributed.shard(Batches(data.x_train, data.y_train, cfg.batch_size,
                                               shuffle=True, seed=1000 * seed, device=device))
     test_batches = Batches(data.x_test, data.y_test, 1000, device=device)
+    # the default gradinit: S = one training batch; other methods: half-size batches (the
+    # authors' GradInit draws S = B0 u B1 of them)
+    init_size = cfg.batch_size if "gradinit" in check_methods(name) else max(1, cfg.batch_size // 2)
     init_batches = distributed.shard(Batches(  # under torchrun: this rank's rows of each batch
-        data.x_train, data.y_train, max(1, cfg.batch_size // 2), shuffle=True,
+        data.x_train, data.y_train, init_size, shuffle=True,
         seed=1000 * seed + 500, drop_last=True, device=device))
     settings = {part: method_settings(part, cfg, train_batches) for part in check_methods(name)}
     init_seconds = init_model(model, name, init_batches, settings)
