@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import available_methods, method_info
-from . import distributed
+from . import distributed, recipes_cli
 from .compare import CompareConfig, compare, format_table
 from .data import DATASETS
 from .models import MODELS
@@ -47,9 +47,12 @@ def _setting(text: str) -> tuple[str, str, Any]:
 
 
 def _add_compare_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    # Settings a recipe makes default to None ("not given": the recipe's value).
     d = {"data": "digits", "model": "vgg", "depth": None, "width": None, "bn": False,
-         "methods": "default,gradinit", "epochs": 10, "seeds": 3, "lr": 0.1, "batch_size": 128,
-         **defaults}
+         "methods": "default,gradinit", "epochs": None, "seeds": 3, "lr": None,
+         "batch_size": None, **defaults}
+    p.add_argument("--recipe", default="lab-default",
+                   help="training protocol that sets every option not given (`initlab recipes`)")
     p.add_argument("--data", choices=DATASETS, default=d["data"])
     p.add_argument("--data-dir", default=None,
                    help="folder with the data set's files (default: $INITLAB_DATA, then the "
@@ -66,20 +69,32 @@ def _add_compare_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
                    help="comma-separated registry names (see `initlab methods`)")
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--seeds", type=int, default=d["seeds"], help="number of seeds (0 .. n-1)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None)
     p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
-    p.add_argument("--warmup", type=float, default=0.0, help="linear warmup, in epochs")
-    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm")
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--decay-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight decay on normalization layers' parameters too")
+    p.add_argument("--bias-lr-scale", type=float, default=None,
+                   help="learning-rate factor for biases and scalar multipliers")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default=None)
+    p.add_argument("--warmup", type=float, default=None, help="linear warmup, in epochs")
+    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm (0: off)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--constructor-init", choices=("pytorch", "authors"), default=None,
+                   help="the init `default` keeps: PyTorch's layers' or the GradInit code's")
+    p.add_argument("--pad-to", type=int, default=None, help="zero-pad images to this side")
+    p.add_argument("--augment", default=None,
+                   help="'none' or a comma list of crop, flip, cutout")
     p.add_argument("--subset", type=int, default=None, help="training examples to keep")
     p.add_argument("--test-subset", type=int, default=None, help="test examples to keep")
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
                    help="a method setting, e.g. --set gradinit.steps=50 (repeatable)")
-    p.add_argument("--out", default=None, help="folder for results.json and accuracy.png")
+    p.add_argument("--out", default=None, help="folder for results.json and the plots; runs "
+                   "stored there are kept (run the same command again to continue)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new run after this long (finished runs are kept)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run logs")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
@@ -98,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the initialization methods")
     from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
+    recipes_cli.add_subcommand(sub)
     return ap
 
 
@@ -107,13 +123,16 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
     for method, key, value in a.settings:
         settings.setdefault(method, {})[key] = value
     train = TrainConfig(epochs=a.epochs, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
-                        weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup,
-                        clip=a.clip, device=a.device,
+                        weight_decay=a.weight_decay, decay_norm=a.decay_norm,
+                        bias_lr_scale=a.bias_lr_scale, schedule=a.schedule,
+                        warmup_epochs=a.warmup, clip=a.clip, device=a.device,
                         progress=not a.quiet and sys.stderr.isatty() and distributed.is_main())
-    return CompareConfig(data=a.data, data_dir=a.data_dir, model=a.model, depth=a.depth,
-                         width=a.width, bn=a.bn, activation=a.activation, methods=methods,
-                         seeds=a.seeds, batch_size=a.batch_size, subset=a.subset,
-                         test_subset=a.test_subset, train=train, method_settings=settings)
+    return CompareConfig(recipe=a.recipe, data=a.data, data_dir=a.data_dir, model=a.model,
+                         depth=a.depth, width=a.width, bn=a.bn, activation=a.activation,
+                         methods=methods, seeds=a.seeds, batch_size=a.batch_size,
+                         constructor_init=a.constructor_init, pad_to=a.pad_to,
+                         augment=a.augment, subset=a.subset, test_subset=a.test_subset,
+                         train=train, method_settings=settings)
 
 
 def run_compare(a: argparse.Namespace) -> int:
@@ -122,7 +141,7 @@ def run_compare(a: argparse.Namespace) -> int:
         import torch
         torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    results = compare(cfg, out=a.out)
+    results = compare(cfg, out=a.out, max_minutes=a.max_minutes)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return 0
     print()
@@ -150,12 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.command == "methods":
         return list_methods()
+    if a.command == "recipes":
+        return recipes_cli.main_from_args(a)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     level = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
     logging.getLogger("initlab.lab").setLevel(level)
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
+
     if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
         a.device = distributed.setup(a.device)
         if not distributed.is_main():
@@ -167,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "demo":
         print(f"initlab demo: {', '.join(a.methods.split(','))} on {a.data}; {a.model} of depth "
               f"{a.depth} {'with' if a.bn else 'without'} normalization, {a.seeds} seeds x "
-              f"{a.epochs} epochs, {a.optimizer} lr {a.lr}. ('a+b': method a, then b.)")
+              f"{a.epochs} epochs, {a.optimizer or 'sgd'} lr {a.lr}. ('a+b': method a, then b.)")
     return run_compare(a)
 
 
