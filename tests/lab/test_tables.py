@@ -1,7 +1,7 @@
 """The comparison table from hand-made runs: summaries, time to accuracy, the plot."""
 import pytest
 
-from initlab.lab.tables import format_table, plot_curves, steps_to_target, summarize_table
+from initlab.lab.tables import beats, claim, format_table, plot_curves, steps_to_target, summarize_table
 
 
 def _run(method, seed, acc, init_steps=0.0, diverged=False, spe=10):
@@ -48,3 +48,27 @@ def test_plot_has_accuracy_and_loss(tmp_path):
     results = _results()
     plot_curves(results, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 5000
+
+
+def test_beats_every_seed_or_by_more_than_both_stds():
+    assert beats([0.8, 0.9], [0.5, 0.7]) == "every seed"
+    assert beats([0.9, 0.9, 0.5], [0.6, 0.6, 0.6]) is None        # one seed below, wide spread
+    assert beats([0.9, 0.9, 0.58], [0.6, 0.6, 0.6]) == "means"     # 0.193 > std 0.185
+    assert beats([0.8, 0.8, 0.58], [0.6, 0.6, 0.6]) is None        # 0.127 < std 0.127
+    assert beats([0.5, 0.7], [0.8, 0.9]) is None and beats([], [0.1]) is None
+
+
+def test_claim_counts_a_diverged_run_as_zero():
+    results = _results()
+    verdict = claim(results, "init", "base")
+    assert verdict["first_epoch"] is None           # 0.75 and 0.1 against 0.2 and 0.3
+    assert verdict["final_at_least_equal"] is True  # 1.0 and 0 (diverged) against 0.7, 0.8
+    assert verdict["seeds"] == (2, 2)
+    assert claim(results, "base", "init")["first_epoch"] is None
+
+
+def test_claim_fails_when_the_baseline_ends_clearly_higher():
+    table = summarize_table([_run("new", 0, [0.6, 0.7]), _run("new", 1, [0.62, 0.71]),
+                             _run("old", 0, [0.4, 0.8]), _run("old", 1, [0.41, 0.81])])
+    verdict = claim({"methods": table}, "new", "old")
+    assert verdict["first_epoch"] == "every seed" and verdict["final_at_least_equal"] is False

@@ -1,6 +1,10 @@
 """A comparison's runs as a table: summaries over seeds, time to accuracy, the printed table and
 the plots of test accuracy and training loss per epoch.
 
+Claims (`claim`): method A beats B on a metric when every seed of A is above every seed of B,
+or when the difference of the means exceeds both standard deviations; a run that diverged
+counts as 0 from the epoch it blew up in.
+
 Time to accuracy: the table's target is 90 % of the best test accuracy any run reached; a run
 reaches it after `init_steps + e * steps_per_epoch` training-step equivalents, e the first epoch
 whose test accuracy is at least the target and `init_steps` the initialization's own time in
@@ -64,6 +68,42 @@ def summarize_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for entry in methods.values():
         entry["summary"] = summarize(entry["runs"], target)
     return methods
+
+
+def _per_seed(entry: dict[str, Any], metric: str) -> list[float]:
+    """`first_epoch_acc` or `final_acc` of every finished run (0 where it had diverged)."""
+    out = []
+    for r in entry["runs"]:
+        if r.get("error"):
+            continue
+        if metric == "first_epoch_acc":
+            out.append(r["first_epoch_acc"] or 0.0)
+        else:
+            out.append(0.0 if r["diverged"] else r["test_acc"][-1])
+    return out
+
+
+def beats(a: list[float], b: list[float]) -> str | None:
+    """"every seed" or "means" when `a` is above `b` by the rule above, else None."""
+    if not a or not b:
+        return None
+    if min(a) > max(b):
+        return "every seed"
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+    if statistics.fmean(a) - statistics.fmean(b) > max(sd(a), sd(b)):
+        return "means"
+    return None
+
+
+def claim(results: dict[str, Any], method: str, baseline: str) -> dict[str, Any]:
+    """The paper's claim for `method` against `baseline` in one table: higher first-epoch
+    accuracy (`first_epoch`: how it holds, or None), and final accuracy at least equal
+    (`final_at_least_equal`: False only when the baseline beats it)."""
+    m, b = results["methods"][method], results["methods"][baseline]
+    first = beats(_per_seed(m, "first_epoch_acc"), _per_seed(b, "first_epoch_acc"))
+    final_worse = beats(_per_seed(b, "final_acc"), _per_seed(m, "final_acc"))
+    return {"first_epoch": first, "final_at_least_equal": final_worse is None,
+            "seeds": (len(_per_seed(m, "final_acc")), len(_per_seed(b, "final_acc")))}
 
 
 def _pct(s: dict[str, float] | None) -> str:
