@@ -4,8 +4,9 @@
     report.save("init.pt")
     initlab.apply(fresh_model, "init.pt")         # replay them on a fresh model
     initlab.initialize(model, "gradinit", data)   # any method by name; see available_methods()
+    print(initlab.diagnose(model, data, lr=0.1).summary())   # why a network will not train
 """
-from . import methods  # noqa: F401  (registers every method)
+from . import diagnose, methods  # noqa: F401  (methods: registers them; diagnose: callable)
 from .core.report import InitReport, apply
 from .core.residual import ResidualSum, mark_residual_branch, residual_branches, residual_sums
 from .core.version import __version__
@@ -27,8 +28,8 @@ from .registry import available_methods, initialize, method_info
 __all__ = [
     "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",
     "ResidualSum", "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr",
-    "autoinit", "available_methods", "emergence", "fixup", "gradient_quotient", "gradinit",
-    "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit", "method_info",
-    "orthogonal", "path_depths", "register_elementwise", "register_moment_map",
+    "autoinit", "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient",
+    "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
+    "method_info", "orthogonal", "path_depths", "register_elementwise", "register_moment_map",
     "residual_branches", "residual_sums", "skipinit", "tfixup", "xavier", "zero_init",
 ]
