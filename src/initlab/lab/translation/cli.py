@@ -6,7 +6,7 @@ from typing import Any
 
 from .grid import GridConfig, run_grid
 from .inits import METHODS
-from .recipe import MT_RECIPES
+from .recipe import mt_recipes
 from .report import write_report
 
 
@@ -22,9 +22,9 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--momenta", type=floats, default=d.momenta)
     p.add_argument("--methods", type=lambda s: s.split(","), default=d.methods,
                    help=f"comma-separated, of {','.join(METHODS)} (default: all but the last)")
-    p.add_argument("--recipe", choices=sorted(MT_RECIPES), default=d.recipe,
-                   help="training protocol: lab-mt (default) or authors-mt (the GradInit "
-                   "authors' IWSLT'14 script, scaled to the run)")
+    p.add_argument("--recipe", choices=mt_recipes(), default=d.recipe,
+                   help="training protocol (initlab.lab.recipes): lab-mt (default) or "
+                   "authors-mt (the GradInit authors' IWSLT'14 script, scaled to the run)")
     for name in ("layers", "d_model", "nhead", "ffn", "max_words", "vocab_size", "batch_size",
                  "steps", "warmup", "eval_every", "gradinit_steps", "gradinit_sgd_steps", "beam",
                  "seed", "seeds"):
