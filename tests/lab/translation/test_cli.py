@@ -8,8 +8,8 @@ import torch
 from helpers.translation import V, copy_task
 from initlab.lab import cli
 from initlab.lab.recipes import recipe
-from initlab.lab.translation.recipe import mt_recipes
 from initlab.lab.translation import grid as translation_grid
+from initlab.lab.translation.recipe import mt_recipes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

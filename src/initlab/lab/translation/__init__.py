@@ -4,9 +4,10 @@ verses, after each initialization method (the GradInit paper's Sec. 4.3 study, s
 Files: `data.py` the corpus (exported with diatheke, aligned, tokenized, cached); `model.py` the
 encoder-decoder Transformer; `decoding.py` greedy and beam search; `training.py` the loss, the
 training loop and BLEU; `layers.py` the encoder and decoder layers with residual sums;
-`recipe.py` the training protocols (`lab-mt`, `authors-mt`, in `initlab.lab.recipes`); `inits.py` the methods the grid
-compares; `grid.py` the resumable grid of methods x optimizer settings x seeds; `report.py` its
-tables and figures; `cli.py` the `initlab translate-grid` command.
+`recipe.py` the training protocols (`lab-mt`, `authors-mt`, registered in `initlab.lab.recipes`);
+`inits.py` the methods the grid compares; `grid.py` the resumable grid of methods x optimizer
+settings x seeds; `report.py` its tables and figures; `cli.py` the `initlab translate-grid`
+command.
 """
 from .data import TokenBatches, TranslationData, load_translation_data
 from .decoding import beam_search, greedy_decode
