@@ -31,6 +31,9 @@ def add_subcommand(sub: Any) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
     p.add_argument("--norm", choices=("post", "pre"), default=d.norm)
+    p.add_argument("--stop-stalled", type=float, default=None, metavar="FRACTION",
+                   help="stop a run whose validation loss is still within 0.1 nats of its first "
+                   "evaluation after this fraction of its updates (no BLEU then)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None, help="default: $INITLAB_DATA, ~/.cache/initlab")
     p.add_argument("--max-minutes", type=float, default=None,

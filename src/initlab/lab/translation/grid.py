@@ -54,6 +54,7 @@ class GridConfig:
     gradinit_steps: int = 780         # the authors' recipe (one epoch of IWSLT'14)
     gradinit_sgd_steps: int = 200     # the SGD-target variant: one search per learning rate
     beam: int = 1
+    stop_stalled: Optional[float] = None  # stop runs still stalled after this fraction
     seed: int = 0                     # the first seed
     seeds: int = 1                    # seeds seed, seed + 1, ...
     device: str = "cpu"
@@ -111,7 +112,8 @@ def train_config(cfg: GridConfig, cell: Cell) -> Seq2SeqConfig:
     return Seq2SeqConfig(**dict(
         settings, optimizer=cell.optimizer, lr=cell.lr, momentum=cell.momentum or 0.0,
         steps=cfg.steps, warmup=cfg.warmup if cell.method == "warmup" else 0,
-        decay_start=cfg.warmup, eval_every=cfg.eval_every, device=cfg.device))
+        decay_start=cfg.warmup, eval_every=cfg.eval_every, stop_stalled=cfg.stop_stalled,
+        device=cfg.device))
 
 
 def build(cfg: GridConfig, vocab_size: int, seed: Optional[int] = None) -> TranslationTransformer:
@@ -161,7 +163,7 @@ def run_cell(cfg: GridConfig, data: TranslationData, cell: Cell, out: Path) -> d
     result = train_seq2seq(model, train_b, valid_b, train_cfg, vocab_size=data.vocab_size,
                            desc=cell_name(*cell))
     hyps, score = None, None
-    if not result.diverged:
+    if not result.diverged and result.stalled_step is None:
         start = time.perf_counter()
         hyps = translate(model, data.src["test"], data, beam=cfg.beam, device=cfg.device)
         score = bleu(hyps, [t[2] for t in data.text["test"]])
@@ -180,9 +182,9 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     recipe = {opt: mt_settings(cfg.recipe, opt) for opt in ("adam", "sgd")}
-    (out / "grid.json").write_text(json.dumps(dict(asdict(cfg), recipe_settings=recipe),
-                                              indent=1))
     data = load_translation_data(cfg.data_dir, max_words=cfg.max_words, vocab_size=cfg.vocab_size)
+    (out / "grid.json").write_text(json.dumps(dict(  # the plateau: a context-free model's loss
+        asdict(cfg), recipe_settings=recipe, plateau=data.unigram_loss("valid")), indent=1))
     log.info("grid on %r: %d cells", data, len(cells(cfg)))
     start, waiting = time.perf_counter(), True
     while waiting:   # passes over the cells until none waits on an init another process computes
