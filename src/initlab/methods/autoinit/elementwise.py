@@ -1,0 +1,374 @@
+"""Moment maps of elementwise operations: activations and any f(x) by quadrature, arithmetic on
+independent tensors, concatenation.
+
+Contract:
+- `elementwise`: y = f(x) for one signal x (other inputs Python numbers or one-element
+  tensors): E f(X) and E f(X)^2 per channel by Gauss-Hermite quadrature of the operation itself
+  (the paper's rule), its law from x's particles (`statistics.expectation`).
+- A chain of elementwise operations that all read one tensor r, such as
+  `x * torch.sigmoid(x)` or GPT-2's tanh GELU written out, is one function of r: `fused`
+  evaluates the whole chain on r's quadrature nodes. Only operands with different roots are
+  treated as independent.
+- `add`, `sub`, `mul`, `div`, `neg` for independent operands (one may be a constant): means and
+  second moments combine exactly (products: E[(ab)^2] = E a^2 E b^2); channel by channel where
+  both have the same channels, else pooled.
+- `cat`: along a channel dim the channels are joined; along a position dim each channel is a
+  mixture of the parts by their sizes.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .context import MapContext
+from .registry import register_moment_map
+from .statistics import (
+    Moments,
+    constant,
+    expectation,
+    is_normal,
+    mixed_scales,
+    spread,
+    standardize,
+    sum_law,
+)
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, bool)) or v is None or \
+        (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+def elementwise(ctx: MapContext) -> Any:
+    """y = f(x) elementwise (see the module docstring); NotImplemented when another input is a
+    tensor of many values (not a function of x alone)."""
+    signals = [a for a in ctx.node.all_input_nodes if ctx.is_signal(a)]
+    if len(signals) != 1 or not all(_scalar(ctx.value(a)) for a in ctx.node.all_input_nodes
+                                    if a is not signals[0]):
+        return NotImplemented
+    return apply(ctx.evaluate, _moments_of(ctx, signals[0]), ctx.quadrature_points,
+                 _per_sample(ctx))
+
+
+def _per_sample(ctx: MapContext) -> int:
+    shape = ctx.out_shape
+    return math.prod(shape[1:]) if isinstance(shape, tuple) and shape and \
+        all(isinstance(s, int) for s in shape) else 0
+
+
+LINEARIZED = 0.25   # classes spanning less (in log scale): 3 evaluations, else 5
+RESOLUTION = 16     # elements whose (mean/sd, log var, shared/var) agree to 1/RESOLUTION: one
+
+
+def _buckets(x: Moments) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Elements grouped by nearly equal statistics: the inverse index (N,), the groups'
+    statistics (U, 3) and laws (U, K) (or None)."""
+    shape = x.mean.shape
+    mean, var, shared = (t.reshape(-1) for t in (x.mean, x.var, x.shared))
+    sd = var.sqrt().clamp_min(1e-300)
+    keys = [torch.round(mean / sd * RESOLUTION).clamp(-2**19, 2**19),
+            torch.round(var.clamp_min(1e-300).log() * RESOLUTION).clamp(-2**19, 2**19),
+            torch.round(shared / var.clamp_min(1e-300) * RESOLUTION)]
+    packed = ((keys[0].long() + 2**19) * 2**20 + keys[1].long() + 2**19) * 1024 + \
+        keys[2].long()
+    rows = None
+    if x.law is not None:
+        law = x.law.reshape((1,) * (len(shape) + 1 - x.law.dim()) + tuple(x.law.shape))
+        rows = law.reshape(-1, law.shape[-1])
+        ids = torch.arange(rows.shape[0]).reshape(law.shape[:-1]).expand(shape).reshape(-1)
+        _, first = torch.unique(packed, return_inverse=True)
+        packed = first * rows.shape[0] + ids
+    _, inverse = torch.unique(packed, return_inverse=True)
+    u = int(inverse.max()) + 1 if inverse.numel() else 0
+    counts = torch.bincount(inverse, minlength=u).double()
+    stats = torch.zeros(u, 3, dtype=torch.float64).index_add_(
+        0, inverse, torch.stack([mean, var, shared], 1)) / counts.unsqueeze(1)
+    law_u = None
+    if rows is not None:
+        first = torch.full((u,), inverse.numel(), dtype=torch.long).scatter_reduce_(
+            0, inverse, torch.arange(inverse.numel()), "amin")
+        law_u = rows[ids[first]]
+    return inverse, stats, law_u
+
+
+def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
+          elements: int = 0) -> Moments:
+    """The Moments of f(x) for an elementwise f, element by element (elements with nearly
+    equal statistics computed once). With scale classes, per class; classes close to 1 by three
+    evaluations and a quadratic in between. A class's mean differs from the others' by a
+    per-sample offset, shared over positions. Given the `elements` per sample, each sample's
+    mean square of f(x) fluctuates around its class's, which spreads the classes
+    (`statistics.spread`)."""
+    shape = x.mean.shape
+    inverse, stats, law = _buckets(x)
+    counts = torch.bincount(inverse, minlength=stats.shape[0]).double()
+    mean, var, shared = stats[:, 0], stats[:, 1], stats[:, 2]
+    g = x.scales
+    if g is None or float((g - 1).abs().max()) < 1e-6:
+        at = torch.ones(1, dtype=torch.float64)
+    else:                                 # a few scales, interpolated in log g to the classes
+        lo, hi = float(g.min().log()), float(g.max().log())
+        at = torch.linspace(lo, hi, 3 if hi - lo < LINEARIZED else 5,
+                            dtype=torch.float64).exp()
+    results = []
+    for gk in at.tolist():
+        r = gk ** 0.5
+        results.append(expectation(f, mean * r, var * gk, shared * gk, law, points))
+    m, s2, s4, sh = (torch.stack([res[i] for res in results]) for i in range(4))   # (A, U)
+    fq = results[len(results) // 2][4]
+    if g is not None and at.numel() > 1:        # positive ones in log, so they stay positive
+        m, sh = _interpolated(m, at, g), _interpolated(sh, at, g).clamp_min(0)
+        s2, s4 = (_interpolated(t.clamp_min(1e-300).log(), at, g).exp() for t in (s2, s4))
+    out_mean, out_second = m.mean(0), s2.mean(0)
+    positions = len(x.channels) < len(shape) or x.mean.dim() == 0
+    out_shared = sh.mean(0) + (m.var(0, unbiased=False) if positions and m.shape[0] > 1 else 0)
+    per_class = (s2 * counts).sum(1)
+    scales = None if g is None or not float(per_class.mean()) > 0 else \
+        per_class / per_class.mean()
+    noise = _noise(out_second, s4.mean(0), counts, elements)
+    out_law = standardize(fq)
+    out_law = None if is_normal(out_law) else out_law[inverse].reshape(*shape, -1)
+
+    def back(t: torch.Tensor) -> torch.Tensor:
+        return t[inverse].reshape(shape)
+    y = Moments(back(out_mean), back(out_second - out_mean ** 2), back(out_shared), x.channels,
+                out_law, spread(scales, noise))
+    return y.with_(law=channel_law(y)).compact()
+
+
+def _interpolated(t: torch.Tensor, at: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Values at the scales `at` (A, U), interpolated (Lagrange, in log scale) to g (G, U)."""
+    u, v = at.log(), g.log()
+    out = torch.zeros(g.numel(), t.shape[1], dtype=torch.float64)
+    for i in range(u.numel()):
+        basis = torch.ones_like(v)
+        for j in range(u.numel()):
+            if j != i:
+                basis = basis * (v - u[j]) / (u[i] - u[j])
+        out = out + basis.unsqueeze(1) * t[i]
+    return out
+
+
+def _noise(second: torch.Tensor, fourth: torch.Tensor, counts: torch.Tensor,
+           elements: int) -> float:
+    """Relative variance of a sample's mean of f^2 over `elements` independent units (the
+    units' different means are the same in every sample: not noise)."""
+    total = float((second * counts).sum())
+    if elements <= 0 or not total > 0:
+        return 0.0
+    n = float(counts.sum())
+    var = float(((fourth - second ** 2).clamp_min(0) * counts).sum()) / n
+    return var / (elements * (total / n) ** 2)
+
+
+def _moments_of(ctx: MapContext, node: fx.Node) -> Moments:
+    found = ctx.run_moments(node)
+    if not isinstance(found, Moments):
+        raise ValueError(f"no statistics for {node.name}")
+    return found
+
+
+def fused(ctx: MapContext, root: fx.Node) -> Moments:
+    """This node as one elementwise function of `root` (every signal on the way an
+    elementwise function of it): the chain evaluated on root's quadrature nodes."""
+    gm = ctx.run.gm
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        memo: dict[fx.Node, Any] = {root: z}
+
+        def value(n: fx.Node) -> Any:
+            if n in memo:
+                return memo[n]
+            if not ctx.is_signal(n):
+                return ctx.value(n)
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
+            if n.op == "call_module":
+                out = gm.get_submodule(str(n.target))(*args, **kwargs)
+            elif n.op == "call_method":
+                out = getattr(args[0], str(n.target))(*args[1:], **kwargs)
+            else:
+                out = n.target(*args, **kwargs)
+            memo[n] = out
+            return out
+        return value(ctx.node).double()
+    return apply(f, _moments_of(ctx, root), ctx.quadrature_points, _per_sample(ctx))
+
+
+# -- independent operands -------------------------------------------------------------------------
+def _operand(ctx: MapContext, i: int, name: str) -> Optional[Moments]:
+    a = ctx.arg(i, name)
+    if isinstance(a, Moments) or a is None:
+        return a
+    return constant(a)
+
+
+def channel_law(x: Moments) -> Optional[torch.Tensor]:
+    """x's law with positions averaged out (quantile by quantile): one per channel."""
+    if x.law is None:
+        return None
+    law = x.law
+    for d in range(law.dim() - 1):
+        if law.shape[d] > 1 and d - (law.dim() - 1) not in x.channels:
+            law = law.mean(d, keepdim=True)
+    return standardize(law)
+
+
+def _channel_sd(x: Moments, like: torch.Tensor) -> torch.Tensor:
+    """x's standard deviation averaged over positions, shaped like a per-channel law minus K."""
+    sd = x.var.sqrt()
+    shape = like.shape[:-1]
+    sd = sd.reshape((1,) * (len(shape) - sd.dim()) + tuple(sd.shape)) if sd.dim() < len(shape) \
+        else sd
+    for d in range(sd.dim()):
+        if d < len(shape) and shape[d] == 1 and sd.shape[d] > 1:
+            sd = sd.mean(d, keepdim=True)
+    return sd
+
+
+def total(a: Moments, b: Moments, alpha: float = 1.0) -> Moments:
+    """a + alpha * b for independent a, b."""
+    law = None
+    if a.law is not None or b.law is not None:
+        la, lb = channel_law(a), channel_law(b)
+        ref = la if la is not None else lb
+        lb = lb if lb is None or alpha >= 0 else -lb.flip(-1)
+        law = sum_law(_channel_sd(a, ref), la, abs(alpha) * _channel_sd(b, ref), lb)
+        law = None if is_normal(law) else law
+    scales = mixed_scales([(a.scales, float(a.second.mean())),
+                           (b.scales, alpha ** 2 * float(b.second.mean()))])
+    return Moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
+                   a.shared + alpha ** 2 * b.shared, tuple(set(a.channels) | set(b.channels)),
+                   law, scales).compact()
+
+
+def product(a: Moments, b: Moments) -> Moments:
+    """a * b for independent a, b: E = mu_a mu_b, E[(ab)^2] = E a^2 E b^2."""
+    mean = a.mean * b.mean
+    shared = a.mean ** 2 * b.shared + b.mean ** 2 * a.shared + a.shared * b.shared
+    scales = a.scales if b.scales is None else b.scales if a.scales is None else \
+        a.scales * b.scales / (a.scales * b.scales).mean()
+    return Moments(mean, a.second * b.second - mean ** 2, shared,
+                   tuple(set(a.channels) | set(b.channels)), None, scales).compact()
+
+
+def _same(ctx: MapContext) -> bool:
+    raw = ctx.raw_args
+    return len(raw) > 1 and isinstance(raw[0], fx.Node) and raw[0] is raw[1]
+
+
+def add(ctx: MapContext) -> Any:
+    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
+    alpha = float(ctx.value(ctx.node.kwargs.get("alpha", 1)))
+    if a is None or b is None:
+        return a or b
+    if _same(ctx):
+        return a.scaled(1 + alpha)
+    return total(a, b, alpha)
+
+
+def sub(ctx: MapContext) -> Any:
+    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
+    if _same(ctx):
+        return Moments(0.0, 0.0)
+    if a is None or b is None:
+        return a or b
+    return total(a, b, -float(ctx.value(ctx.node.kwargs.get("alpha", 1))))
+
+
+def mul(ctx: MapContext) -> Any:
+    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
+    if _same(ctx):
+        return apply(lambda z: z * z, a, ctx.quadrature_points, _per_sample(ctx))
+    if a is None or b is None:
+        return a or b
+    for x, c in ((a, b), (b, a)):
+        if c.is_constant() and c.mean.numel() == 1:
+            return x.scaled(float(c.mean))
+    return product(a, b)
+
+
+def div(ctx: MapContext) -> Any:
+    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
+    if isinstance(ctx.args[0], Moments) and b is not None and b.is_constant() and \
+            b.mean.numel() == 1 and float(b.mean) != 0:
+        return a.scaled(1 / float(b.mean))
+    return elementwise(ctx)           # c / x: a function of x (x / y is NotImplemented)
+
+
+def neg(ctx: MapContext) -> Any:
+    return ctx.first().scaled(-1.0)
+
+
+# -- concatenation --------------------------------------------------------------------------------
+def cat(ctx: MapContext) -> Any:
+    """torch.cat / torch.stack: the parts' statistics, expanded to their shapes, joined along
+    the same dim (their channels too); a part without statistics (an integer tensor) as zeros."""
+    nodes = ctx.raw_arg(0, "tensors")
+    parts = [p if isinstance(p, Moments) else constant(p) for p in ctx.arg(0, "tensors")]
+    if all(p is None for p in parts):
+        return None
+    stack = "stack" in getattr(ctx.node.target, "__name__", str(ctx.node.target))
+    out = ctx.out_shape
+    dim = int(ctx.value(ctx.raw_arg(1, "dim", 0))) % len(out)
+    shapes = [tuple(ctx.shape(n)[1:]) if isinstance(n, fx.Node) else None for n in nodes]
+    full = [(p or Moments(0.0, 0.0)).expand(s) for p, s in zip(parts, shapes)]
+    d = dim - 1
+    join = torch.stack if stack else torch.cat
+    stats = [join([getattr(p, f) for p in full], d) for f in ("mean", "var", "shared")]
+    nd = len(out) - 1
+    channels = {c for p in full for c in p.channels}
+    if stack:                           # a new dim at d: the dims before it count one more
+        channels = {c if c + nd - 1 >= d else c - 1 for c in channels}
+    law = None
+    if not stack and any(p.law is not None for p in full):
+        laws = [channel_law(p) if p.law is not None else None for p in full]
+        ref = next(q for q in laws if q is not None)
+        law = ref if (d - nd) not in channels else None
+        if law is None:
+            pieces = []
+            for q, s in zip(laws, shapes):
+                q = _normal_row(ref).reshape((1,) * nd + (-1,)) if q is None else q
+                q = q.reshape((1,) * (nd + 1 - q.dim()) + tuple(q.shape))
+                pieces.append(q.expand(*[s[i] if i == d else q.shape[i] for i in range(nd)], -1))
+            law = torch.cat(pieces, d)
+    scales = mixed_scales([(p.scales, float(p.second.mean()) * math.prod(s))
+                           for p, s in zip(full, shapes)])
+    return Moments(*stats, tuple(channels), law, scales).compact()
+
+
+def _normal_row(ref: torch.Tensor) -> torch.Tensor:
+    from .statistics import normal_particles
+    return normal_particles(ref.shape[-1])
+
+
+ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus, F.softsign, F.hardtanh,
+    F.hardswish, F.hardsigmoid, F.logsigmoid, torch.exp, torch.sin, torch.cos, torch.abs,
+    torch.square, torch.erf, torch.rsqrt, torch.sqrt, torch.log, operator.pow, torch.pow,
+    operator.abs, torch.clamp, torch.clip,
+    "relu", "tanh", "sigmoid", "exp", "abs", "square", "sin", "cos", "pow", "erf", "rsqrt",
+    "sqrt", "log", "clamp", "clip",
+)
+for _t in ACTIVATIONS:
+    register_moment_map(_t, elementwise, per_channel=True, elementwise=True)
+for _t in (operator.add, torch.add, "add", operator.iadd, "add_"):
+    register_moment_map(_t, add, per_channel=True, elementwise=True)
+for _t in (operator.sub, torch.sub, "sub", operator.isub, "sub_", torch.rsub):
+    register_moment_map(_t, sub, per_channel=True, elementwise=True)
+for _t in (operator.mul, torch.mul, "mul", operator.imul, "mul_"):
+    register_moment_map(_t, mul, per_channel=True, elementwise=True)
+for _t in (operator.truediv, torch.div, "div", operator.itruediv, "div_"):
+    register_moment_map(_t, div, per_channel=True, elementwise=True)
+for _t in (operator.neg, torch.neg, "neg"):
+    register_moment_map(_t, neg, per_channel=True, elementwise=True)
+for _t in (torch.cat, torch.concat, torch.stack):
+    register_moment_map(_t, cat, per_channel=True)
