@@ -93,3 +93,10 @@ def test_ddp_strategy_two_processes(tmp_path):
     report = initlab.gradinit(model, union, loss_fn=ce, **SETTINGS)
     assert_params_close(r0["params"], model.state_dict(), 1e-5)
     assert [h["branch"] for h in r0["history"]] == [h["branch"] for h in report.history]
+
+
+def test_settings_are_checked_when_the_callback_is_built():
+    with pytest.raises(TypeError, match="gradinit has no setting 'stepz'; did you mean 'steps'"):
+        InitCallback("gradinit", stepz=3)
+    with pytest.raises(ValueError, match="tol must be a positive finite number"):
+        InitCallback("lsuv", tol=-1)

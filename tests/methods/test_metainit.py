@@ -233,3 +233,14 @@ def test_refuses_bad_settings_and_missing_data():
     with pytest.raises(ValueError, match=">= 2 dims"):
         metainit(model, batches(1), params=r"bias")
     assert_same(model, before)
+
+
+def test_data_and_data_free_together_says_what_is_wrong():
+    model = mlp((10, 16, 4))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="got both data= and data_free=True: with data, drop "
+                                         "data_free=True"):
+        metainit(model, batches(2, features=10, classes=4), data_free=True)
+    with pytest.raises(ValueError, match="needs data=<iterable of batches>, or data_free=True"):
+        metainit(model)
+    assert_same(model, before)

@@ -13,9 +13,11 @@ from initlab.lab.translation.report import format_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ADAM = ["adam-lr0.001-default", "adam-lr0.001-warmup", "adam-lr0.001-gradinit"]  # run order
-ALL = sorted(ADAM + ["sgd-lr0.1-m0.9-default", "sgd-lr0.1-m0.9-warmup",
-                     "sgd-lr0.1-m0.9-gradinit-sgd"])
+ADAM = ["adam-lr0.001-default", "adam-lr0.001-warmup", "adam-lr0.001-gradinit-authors",
+        "adam-lr0.001-admin"]                                    # in run order
+SGD = ["sgd-lr0.1-m0.9-default", "sgd-lr0.1-m0.9-warmup", "sgd-lr0.1-m0.9-gradinit-sgd",
+       "sgd-lr0.1-m0.9-admin"]
+ALL = sorted(ADAM + SGD)
 
 
 @pytest.fixture
@@ -38,7 +40,8 @@ def grid(monkeypatch):
 
     monkeypatch.setattr(translation_grid, "run_cell", recorded)
     cfg = translation_grid.GridConfig(adam_lrs=[1e-3], sgd_lrs=[0.1], momenta=[0.9],
-                                      methods=["default", "warmup", "gradinit", "gradinit-sgd"],
+                                      methods=["default", "warmup", "gradinit-authors",
+                                               "gradinit-sgd", "admin"],
                                       layers=1, d_model=16, nhead=2, ffn=32, batch_size=6, steps=4,
                                       warmup=2, eval_every=2, gradinit_steps=2,
                                       gradinit_sgd_steps=3)
@@ -62,19 +65,19 @@ def dead_pid():
 def test_the_grid_runs_every_cell_once_and_a_complete_grid_is_not_recomputed(grid, tmp_path,
                                                                               monkeypatch):
     cells = translation_grid.run_grid(grid.cfg, tmp_path)
-    assert sorted(stored(tmp_path)) == ALL          # Adam-target GradInit on Adam cells only
-    assert sorted(grid.runs) == ALL and grid.runs[:3] == ADAM
+    # the authors' Adam-target GradInit in Adam cells only, its SGD target in SGD cells only
+    assert sorted(stored(tmp_path)) == ALL and grid.runs == ADAM + SGD
     inits = sorted(p.name for p in (tmp_path / "inits").iterdir())
-    assert inits == ["gradinit-s2.pt", "gradinit-sgd-lr0.1-s3.pt"]
+    assert inits == ["admin.pt", "gradinit-authors-s2.pt", "gradinit-sgd-lr0.1-s3.pt"]
     warm = json.loads((tmp_path / "cells" / "adam-lr0.001-warmup.json").read_text())
     assert warm["train"]["warmup"] == 2 and len(warm["hypotheses"]) == 4
     assert translation_grid.run_grid(grid.cfg, tmp_path) == cells   # nothing recomputed
     assert len(grid.runs) == len(ALL) and leftovers(tmp_path) == []
-    (tmp_path / "cells" / "adam-lr0.001-gradinit.json").unlink()    # one cell lost: redone,
-    monkeypatch.setattr(translation_grid, "initialize",             # from the stored init
+    (tmp_path / "cells" / "adam-lr0.001-gradinit-authors.json").unlink()  # one cell lost: redone
+    monkeypatch.setattr(translation_grid, "apply_method",                 # from the stored init
                         lambda *a, **k: pytest.fail("an init was recomputed"))
     again = translation_grid.run_grid(grid.cfg, tmp_path)
-    assert grid.runs[len(ALL):] == ["adam-lr0.001-gradinit"] and len(again) == len(ALL)
+    assert grid.runs[len(ALL):] == ["adam-lr0.001-gradinit-authors"] and len(again) == len(ALL)
     table = format_grid(cells)
     assert table.count("\n") == 3 and "Adam 0.001" in table and "SGD 0.1 m0.9" in table
 
@@ -97,22 +100,22 @@ def test_max_minutes_stops_starting_cells_and_a_rerun_does_only_the_rest(grid, t
 
     monkeypatch.setattr(translation_grid, "run_cell", one_minute)
     partial = translation_grid.run_grid(grid.cfg, tmp_path, max_minutes=2.5)
-    assert grid.runs == ADAM and sorted(stored(tmp_path)) == sorted(ADAM)
+    assert grid.runs == ADAM[:3] and sorted(stored(tmp_path)) == sorted(ADAM[:3])
     assert [translation_grid.cell_name(c["optimizer"], c["lr"], c["momentum"], c["method"])
-            for c in partial] == sorted(ADAM)
+            for c in partial] == sorted(ADAM[:3])
     assert leftovers(tmp_path) == []                # the cell it did not start is not claimed
     first = stored(tmp_path)
 
-    inits, initialize = [], translation_grid.initialize
+    inits, apply_method = [], translation_grid.apply_method
 
-    def recorded(model, method, **settings):
-        inits.append((method, settings.get("target")))
-        return initialize(model, method, **settings)
+    def recorded(model, method, data, **settings):
+        inits.append(method)
+        return apply_method(model, method, data, **settings)
 
-    monkeypatch.setattr(translation_grid, "initialize", recorded)
+    monkeypatch.setattr(translation_grid, "apply_method", recorded)
     done = translation_grid.run_grid(grid.cfg, tmp_path)
-    assert sorted(grid.runs[3:]) == sorted(set(ALL) - set(ADAM))
-    assert inits == [("gradinit", "sgd")]      # only the SGD-target search is new
+    assert grid.runs[3:] == ADAM[3:] + SGD
+    assert inits == ["admin", "gradinit-sgd"]     # the authors' GradInit init is reused
     assert len(done) == len(ALL) and sorted(stored(tmp_path)) == ALL
     assert all(stored(tmp_path)[k] == v for k, v in first.items())   # bytes unchanged
 
@@ -145,7 +148,7 @@ def test_cells_waiting_on_an_init_another_process_computes_run_last(grid, tmp_pa
     grid.cfg.sgd_lrs = []
     (tmp_path / "inits").mkdir()
     live = subprocess.Popen(["sleep", "120"])
-    (tmp_path / "inits" / "gradinit-s2.claim").write_text(str(live.pid))
+    (tmp_path / "inits" / "gradinit-authors-s2.claim").write_text(str(live.pid))
     sleeps = []
 
     def sleep(seconds):
@@ -159,12 +162,12 @@ def test_cells_waiting_on_an_init_another_process_computes_run_last(grid, tmp_pa
                         SimpleNamespace(perf_counter=translation_grid.time.perf_counter,
                                         sleep=sleep))
     translation_grid.run_grid(grid.cfg, tmp_path)
-    assert grid.runs == ["adam-lr0.001-default", "adam-lr0.001-warmup",
-                         "adam-lr0.001-gradinit",      # tried: the init is busy
-                         "adam-lr0.001-gradinit",      # a pass with nothing else to run: sleep
-                         "adam-lr0.001-gradinit"]      # after the wait
+    g = "adam-lr0.001-gradinit-authors"
+    assert grid.runs == ["adam-lr0.001-default", "adam-lr0.001-warmup", g, "adam-lr0.001-admin",
+                         g,    # tried in the first pass (the init is busy) and in a pass with
+                         g]    # nothing else to run, which then sleeps; run after the wait
     assert len(sleeps) == 1 and sorted(stored(tmp_path)) == sorted(ADAM)
-    assert (tmp_path / "inits" / "gradinit-s2.pt").is_file() and leftovers(tmp_path) == []
+    assert (tmp_path / "inits" / "gradinit-authors-s2.pt").is_file() and leftovers(tmp_path) == []
 
 
 def test_a_cell_whose_write_fails_is_not_stored_half(grid, tmp_path, monkeypatch):
