@@ -20,7 +20,7 @@ SRC = str(Path(initlab.__file__).resolve().parents[1])  # the sources under test
 def run_initlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "initlab", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True)
 
 
 def test_compare_writes_json_and_plot(tmp_path, capsys):
