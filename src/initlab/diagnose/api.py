@@ -12,12 +12,13 @@ Residual sums found by tracing and MultiheadAttention weights are extra computat
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
     device = specs[0].param.device
     loss_fn = loss_fn or default_loss
     start = time.perf_counter()
-    with unchanged_on_error("diagnose"), kept_rng(device), search_mode(model):
+    with unchanged_on_error("diagnose"), kept_rng(device), search_mode(model), kept_grads(model):
         drawn = draw(data, batches, device)
         step_batches, held_out = drawn[:-1], drawn[-1]
         recorder, attention = Recorder(model), TransformerRecorder(model)
@@ -73,6 +74,10 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
             for r in (recorder, attention, sums):
                 if r is not None:
                     r.remove()
+        if all(c.grad is None for c in copies.values()):
+            raise ValueError("the loss does not reach the model's parameters through the `model` "
+                             "it was given; did loss_fn call a captured reference to the real "
+                             "model (or model.submodule(...)) instead of its `model` argument?")
         originals = {s.name: s.param.detach() for s in specs}
         grads = {name: None if c.grad is None else c.grad.detach().clone()
                  for name, c in copies.items()}
@@ -98,6 +103,18 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
                   settings=settings, seconds=time.perf_counter() - start, label=label)
     d.findings = judge(d)
     return d
+
+
+@contextlib.contextmanager
+def kept_grads(model: nn.Module) -> Iterator[None]:
+    """The parameters' `.grad` as they were (a loss_fn that calls the real model would add to
+    them)."""
+    saved = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, g in saved:
+            p.grad = g
 
 
 def check_settings(lr: Optional[float], optimizer: OptimizerSpec, momentum: float,
