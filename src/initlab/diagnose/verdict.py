@@ -25,7 +25,7 @@ from .result import AttentionStat, BranchStat, Diagnosis, Finding, LayerStat, Ra
 
 SHRINK, GROW, RUN_FACTOR = 0.8, 1.25, 4.0
 TENSOR_SPREAD, LARGE_STEP, SMALL_STEP = 30.0, 0.1, 1e-4
-STALL = 1e-4
+STALL = 1e-3
 DOMINANT = 2.0
 COLLAPSED_ENTROPY, COLLAPSED_RANK = 0.2, 1.5
 

@@ -4,6 +4,7 @@
         --methods default,gradinit --epochs 5 --seeds 3 --lr 0.1 --out runs/vgg11
     initlab demo
     initlab methods
+    initlab diagnose --model mlp --depth 10 --width 64 --methods default,kaiming --lr 0.1
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the initialization methods")
     from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
+    from .diagnose_cli import add_subcommand as add_diagnose
+    add_diagnose(sub)
     return ap
 
 
@@ -156,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
+    if a.command == "diagnose":
+        from .diagnose_cli import main_from_args as diagnose_main
+        return diagnose_main(a)
     if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
         a.device = distributed.setup(a.device)
         if not distributed.is_main():
