@@ -46,13 +46,19 @@ class Sums:
         self.dev: Any = 0.0
 
     def add(self, t: torch.Tensor) -> None:
-        v = t.detach().to(torch.float64)
+        # Two passes over t, accumulating in float64: the column sums over the batch and the
+        # sum of squares; the squared deviations follow as sum x^2 - sum_j (col_j)^2 / B.
+        v = t.detach()
+        squares = torch.linalg.vector_norm(v, dtype=torch.float64).square()
         self.n += v.numel()
-        self.s1 = self.s1 + v.sum()
-        self.s2 = self.s2 + v.square().sum()
+        self.s2 = self.s2 + squares
         if v.dim() >= 1 and v.shape[0] > 1:
+            cols = v.sum(dim=0, dtype=torch.float64)
+            self.s1 = self.s1 + cols.sum()
             self.n_dev += v.numel()
-            self.dev = self.dev + (v - v.mean(dim=0, keepdim=True)).square().sum()
+            self.dev = self.dev + squares - cols.square().sum() / v.shape[0]
+        else:
+            self.s1 = self.s1 + v.sum(dtype=torch.float64)
 
     @property
     def rms(self) -> float:
@@ -66,7 +72,7 @@ class Sums:
     def spread(self) -> float:
         """RMS of the deviation from the batch mean: the part of the signal that depends on
         the input (a layer whose output is its bias has RMS but no spread)."""
-        return math.sqrt(float(self.dev) / self.n_dev) if self.n_dev else math.nan
+        return math.sqrt(max(float(self.dev), 0.0) / self.n_dev) if self.n_dev else math.nan
 
 
 @dataclass
