@@ -60,20 +60,22 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
     with unchanged_on_error("diagnose"), kept_rng(device), search_mode(model), kept_grads(model):
         drawn = draw(data, batches, device)
         step_batches, held_out = drawn[:-1], drawn[-1]
-        recorder, attention = Recorder(model), TransformerRecorder(model)
-        sums = None if residual_branches(model) else SumRecorder(model, mute=_muter(recorder, attention))
-        copies = copies_of(specs)
+        with contextlib.ExitStack() as hooks:  # every hook comes off, whatever happens
+            recorder = Recorder(model)
+            hooks.callback(recorder.remove)
+            attention = TransformerRecorder(model)
+            hooks.callback(attention.remove)
+            sums = None
+            if not residual_branches(model):  # marked branches say it all; else trace for sums
+                sums = SumRecorder(model, mute=_muter(recorder, attention))
+                hooks.callback(sums.remove)
+            copies = copies_of(specs)
 
-        def first_batch_only(i: int) -> None:
-            if sums is not None:  # the traced reruns cost a forward each: the first batch only
-                sums.active = False
+            def first_batch_only(i: int) -> None:
+                if sums is not None:  # the traced reruns cost a forward each: the first batch
+                    sums.active = False
 
-        try:
             losses = accumulate(model, copies, loss_fn, step_batches, after=first_batch_only)
-        finally:
-            for r in (recorder, attention, sums):
-                if r is not None:
-                    r.remove()
         if all(c.grad is None for c in copies.values()):
             raise ValueError("the loss does not reach the model's parameters through the `model` "
                              "it was given; did loss_fn call a captured reference to the real "
