@@ -8,7 +8,7 @@
 """
 from . import diagnose, methods  # noqa: F401  (methods: registers them; diagnose: callable)
 from .core.report import InitReport, apply
-from .core.residual import mark_residual_branch, residual_branches
+from .core.residual import ResidualSum, mark_residual_branch, residual_branches, residual_sums
 from .core.version import __version__
 from .methods.archscale import archscale_init, archscale_lr, path_depths
 from .methods.autoinit import AutoInitConfig, autoinit
@@ -27,9 +27,9 @@ from .registry import available_methods, initialize, method_info
 
 __all__ = [
     "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",
-    "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr", "autoinit",
-    "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient", "gradinit", "initialize",
-    "kaiming", "lsuv", "mark_residual_branch", "metainit", "method_info", "orthogonal",
-    "path_depths", "register_elementwise", "register_moment_map", "residual_branches",
-    "skipinit", "tfixup", "xavier", "zero_init",
+    "ResidualSum", "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr",
+    "autoinit", "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient",
+    "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
+    "method_info", "orthogonal", "path_depths", "register_elementwise", "register_moment_map",
+    "residual_branches", "residual_sums", "skipinit", "tfixup", "xavier", "zero_init",
 ]

@@ -5,6 +5,20 @@
     initlab demo
     initlab methods
     initlab diagnose --model mlp --depth 10 --width 64 --methods default,kaiming --lr 0.1
+    python -m initlab ...        # the same command
+
+Exit status: 0 when every run finished (a run that diverged is a result, recorded as such);
+1 when some run failed with an error (each is named on stderr); 2 for bad input, reported as
+one line naming the fix, before any work; 130 when interrupted.
+
+A subcommand lives in its own module with `add_subcommand(sub)` (which adds its parser to
+`sub`) and `main_from_args(args) -> int`; this file registers and dispatches it in two lines.
+To refuse bad input it raises `initlab.lab.usage.UsageError("--flag must ..., got ...")` from
+`main_from_args` (before any work); `main` prints `initlab <command>: error: <message>` on
+stderr and returns 2, as for the built-in commands. Its parser is a `usage.Parser` (as `sub`
+makes it), so argparse's own errors are one line too; pass
+`formatter_class=argparse.ArgumentDefaultsHelpFormatter` and a `help=` for every option so that
+`--help` shows each default.
 """
 from __future__ import annotations
 
@@ -17,12 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..registry import available_methods, method_info
+from ..registry import available_methods, method_info, setting_names
 from . import distributed
+from .checks import check_compare_args
 from .compare import CompareConfig, compare, format_table
 from .data import DATASETS
-from .models import MODELS
+from .models import ACTIVATIONS, MODELS
 from .train import TrainConfig
+from .usage import EXIT_FAILED, EXIT_USAGE, Parser, UsageError
 
 # The demo: a 10-layer plain ReLU MLP (no normalization) on digits at SGD lr 0.1. PyTorch's
 # default init leaves it untrainable (its variance shrinks ~6x per layer); He (Kaiming) init
@@ -51,51 +67,56 @@ def _add_compare_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     d = {"data": "digits", "model": "vgg", "depth": None, "width": None, "bn": False,
          "methods": "default,gradinit", "epochs": 10, "seeds": 3, "lr": 0.1, "batch_size": 128,
          **defaults}
-    p.add_argument("--data", choices=DATASETS, default=d["data"])
+    p.add_argument("--data", choices=DATASETS, default=d["data"], help="data set")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data set's files (default: $INITLAB_DATA, then the "
+                   help="folder with the data set's files (None: $INITLAB_DATA, then the "
                         "Debian package's folder)")
-    p.add_argument("--model", choices=MODELS, default=d["model"])
+    p.add_argument("--model", choices=MODELS, default=d["model"], help="network")
     p.add_argument("--depth", type=int, default=d["depth"],
-                   help="MLP: Linear layers; VGG: conv layers; ResNet: 6n+2")
+                   help="MLP: Linear layers; VGG: conv layers; ResNet: 6n+2 (None: the model's)")
     p.add_argument("--width", type=int, default=d["width"],
-                   help="MLP: hidden width; VGG/ResNet: channels of the first stage")
+                   help="MLP: hidden width; VGG/ResNet: channels of the first stage (None: the "
+                        "model's)")
     p.add_argument("--bn", action=argparse.BooleanOptionalAction, default=d["bn"],
                    help="batch normalization (VGG, ResNet)")
-    p.add_argument("--activation", default="relu", help="MLP activation")
+    p.add_argument("--activation", default="relu",
+                   help=f"MLP activation: {', '.join(ACTIVATIONS)}")
     p.add_argument("--methods", default=d["methods"],
-                   help="comma-separated registry names (see `initlab methods`)")
-    p.add_argument("--epochs", type=int, default=d["epochs"])
+                   help="comma-separated registry names (see `initlab methods`); a+b: a, then b")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs per run")
     p.add_argument("--seeds", type=int, default=d["seeds"], help="number of seeds (0 .. n-1)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="training optimizer")
+    p.add_argument("--lr", type=float, default=d["lr"], help="learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning-rate schedule")
     p.add_argument("--warmup", type=float, default=0.0, help="linear warmup, in epochs")
-    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--subset", type=int, default=None, help="training examples to keep")
-    p.add_argument("--test-subset", type=int, default=None, help="test examples to keep")
+    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm (None: off)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch size")
+    p.add_argument("--subset", type=int, default=None,
+                   help="training examples to keep (None: all)")
+    p.add_argument("--test-subset", type=int, default=None, help="test examples to keep (None: all)")
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
                    help="a method setting, e.g. --set gradinit.steps=50 (repeatable)")
-    p.add_argument("--out", default=None, help="folder for results.json and accuracy.png")
+    p.add_argument("--out", default=d.get("out"), help="folder for results.json and accuracy.png")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run logs")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or logs, only the table")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also the methods' own logs and every epoch under the progress bars")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="initlab", description=__doc__.split("\n")[0])
+    ap = Parser(prog="initlab", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="methods x seeds on real data: table, JSON, plot")
-    _add_compare_args(c, {})
-    c.set_defaults(out="runs/compare")
+    show = argparse.ArgumentDefaultsHelpFormatter
+    c = sub.add_parser("compare", help="methods x seeds on real data: table, JSON, plot",
+                       formatter_class=show)
+    _add_compare_args(c, {"out": "runs/compare"})
     d = sub.add_parser("demo", help="default vs GradInit on digits with a deep plain network "
-                                    "(under a minute on a laptop CPU)")
-    _add_compare_args(d, DEMO)
-    d.set_defaults(out="runs/demo")
+                                    "(under a minute on a laptop CPU)", formatter_class=show)
+    _add_compare_args(d, dict(DEMO, out="runs/demo"))
     sub.add_parser("methods", help="list the initialization methods")
     from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
@@ -104,19 +125,34 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def show_progress(a: argparse.Namespace) -> bool:
+    """Progress bars: for a person at a terminal, on rank 0; otherwise a log line per epoch."""
+    return not a.quiet and sys.stderr.isatty() and distributed.is_main()
+
+
 def config_from_args(a: argparse.Namespace) -> CompareConfig:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     settings: dict[str, dict[str, Any]] = {}
     for method, key, value in a.settings:
         settings.setdefault(method, {})[key] = value
+    if show_progress(a):  # the bars cover the initialization searches too
+        parts = {p for m in methods for p in m.split("+")}
+        for part in sorted(parts):
+            if "progress" in (setting_names(part) or ()):
+                settings.setdefault(part, {}).setdefault("progress", True)
     train = TrainConfig(epochs=a.epochs, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
                         weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup,
-                        clip=a.clip, device=a.device,
-                        progress=not a.quiet and sys.stderr.isatty() and distributed.is_main())
+                        clip=a.clip, device=a.device, progress=show_progress(a))
     return CompareConfig(data=a.data, data_dir=a.data_dir, model=a.model, depth=a.depth,
                          width=a.width, bn=a.bn, activation=a.activation, methods=methods,
                          seeds=a.seeds, batch_size=a.batch_size, subset=a.subset,
                          test_subset=a.test_subset, train=train, method_settings=settings)
+
+
+def failed_runs(results: dict[str, Any]) -> list[str]:
+    """"method: error" for every method whose runs stopped on an error (not a divergence)."""
+    return [f"{name}: {entry['error']}" for name, entry in results["methods"].items()
+            if entry.get("error")]
 
 
 def run_compare(a: argparse.Namespace) -> int:
@@ -130,13 +166,13 @@ def run_compare(a: argparse.Namespace) -> int:
         return 0
     print()
     print(format_table(results))
-    for name, entry in results["methods"].items():
-        if entry["error"]:
-            print(f"note: {name} failed: {entry['error']}")
     out = Path(a.out)
     print(f"\n{time.perf_counter() - start:.0f} s. Results: {out / 'results.json'}   "
           f"plot: {out / 'accuracy.png'}")
-    return 0
+    failed = failed_runs(results)
+    for line in failed:
+        print(f"initlab {a.command}: failed: {line}", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
 
 
 def list_methods() -> int:
@@ -151,21 +187,35 @@ def list_methods() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    try:
+        return _run(a)
+    except UsageError as e:
+        print(f"initlab {a.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"initlab {a.command}: interrupted (finished runs are kept)", file=sys.stderr)
+        return 130
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.command == "methods":
         return list_methods()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    level = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
-    logging.getLogger("initlab.lab").setLevel(level)
+    lab = logging.DEBUG if a.verbose else logging.WARNING if a.quiet else logging.INFO
+    logging.getLogger("initlab").setLevel(logging.INFO if a.verbose else logging.WARNING)
+    logging.getLogger("initlab.lab").setLevel(lab)
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
     if a.command == "diagnose":
         from .diagnose_cli import main_from_args as diagnose_main
         return diagnose_main(a)
+    check_compare_args(a)  # every argument, before any work
     if distributed.launched_by_torchrun():  # DDP training, distributed GradInit
         a.device = distributed.setup(a.device)
-        if not distributed.is_main():
-            logging.getLogger("initlab").setLevel(logging.ERROR)
+        if not distributed.is_main():  # rank 0 logs; the others only their errors
+            for name in ("initlab", "initlab.lab"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         try:
             return run_compare(a)
         finally:

@@ -146,8 +146,10 @@ def train(model: nn.Module, train_batches: Batches, test_batches: Batches,
         result.train_loss.append(train_loss)
         result.test_loss.append(test_loss)
         result.test_acc.append(test_acc)
-        log.debug("%s epoch %d/%d: train loss %.4f, test loss %.4f, test acc %.4f", desc, epoch,
-                 cfg.epochs, train_loss, test_loss, test_acc)
+        # A line per epoch: at INFO without progress bars (no terminal), under them at DEBUG.
+        log.log(logging.DEBUG if cfg.progress else logging.INFO,
+                "%s epoch %d/%d: train loss %.4f, test loss %.4f, test acc %.4f", desc, epoch,
+                cfg.epochs, train_loss, test_loss, test_acc)
     bar.close()
     result.seconds = time.perf_counter() - start
     return result

@@ -21,18 +21,20 @@ def test_the_grid_resumes_cell_by_cell(tmp_path, monkeypatch):
         pieces=pieces)
     monkeypatch.setattr(translation_grid, "load_translation_data", lambda *a, **k: data)
     cfg = translation_grid.GridConfig(adam_lrs=[1e-3], sgd_lrs=[0.1], momenta=[0.9],
-                                      methods=["default", "warmup", "gradinit", "gradinit-sgd"],
+                                      methods=["default", "warmup", "gradinit-authors",
+                                               "gradinit-sgd", "admin"],
                                       layers=1,
                                       d_model=16, nhead=2, ffn=32, batch_size=6, steps=4,
                                       warmup=2, eval_every=2, gradinit_steps=2,
                                       gradinit_sgd_steps=3)
     cells = translation_grid.run_grid(cfg, tmp_path)
     names = sorted(p.stem for p in (tmp_path / "cells").glob("*.json"))
-    assert names == ["adam-lr0.001-default", "adam-lr0.001-gradinit", "adam-lr0.001-warmup",
-                     "sgd-lr0.1-m0.9-default", "sgd-lr0.1-m0.9-gradinit-sgd",
-                     "sgd-lr0.1-m0.9-warmup"]       # Adam-target GradInit on Adam cells only
+    assert names == ["adam-lr0.001-admin", "adam-lr0.001-default", "adam-lr0.001-gradinit-authors",
+                     "adam-lr0.001-warmup", "sgd-lr0.1-m0.9-admin", "sgd-lr0.1-m0.9-default",
+                     "sgd-lr0.1-m0.9-gradinit-sgd", "sgd-lr0.1-m0.9-warmup"]
+    # the authors' Adam-target GradInit in Adam cells only, its SGD target in SGD cells only
     inits = sorted(p.name for p in (tmp_path / "inits").iterdir())
-    assert inits == ["gradinit-s2.pt", "gradinit-sgd-lr0.1-s3.pt"]
+    assert inits == ["admin.pt", "gradinit-authors-s2.pt", "gradinit-sgd-lr0.1-s3.pt"]
     warm = json.loads((tmp_path / "cells" / "adam-lr0.001-warmup.json").read_text())
     assert warm["train"]["warmup"] == 2 and len(warm["hypotheses"]) == 4
     monkeypatch.setattr(translation_grid, "run_cell", lambda *a: pytest.fail("recomputed"))

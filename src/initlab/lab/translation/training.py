@@ -1,7 +1,9 @@
 """Training and evaluation for the translation lab: a fixed budget of updates, with or without
 warmup, divergence recorded rather than raised, BLEU on the test split.
 
-- Optimizers: Adam with betas (0.9, 0.98) (the Transformer's), or SGD with momentum.
+- Optimizers: Adam with betas (0.9, 0.98) (the Transformer's), or SGD with momentum. Weight
+  decay is L2 in the gradient (PyTorch's Adam and SGD), or with `decoupled_weight_decay` taken
+  from the weights apart from Adam's moments, p -= lr * wd * p, as fairseq's Adam does (AdamW).
 - Schedules (per update s = 0, 1, ...; W warmup updates, R = max(W, decay_start)):
   `inverse_sqrt`: lr * min(1, (s+1)/W) * sqrt(R / max(s+1, R)) -- so a run without warmup
   starts at the peak rate and decays exactly as the warmed-up run does after its warmup;
@@ -42,6 +44,7 @@ class Seq2SeqConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     momentum: float = 0.9
     weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False  # Adam only: fairseq's (AdamW's) decay, see above
     steps: int = 2000                  # the update budget
     warmup: int = 0                    # linear warmup updates (0: none)
     schedule: str = "inverse_sqrt"     # "inverse_sqrt", "linear" or "constant"
@@ -94,6 +97,7 @@ class Seq2SeqResult:
     diverged: bool = False
     diverged_step: int | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0                               # this process's CPU time
 
     @property
     def final_valid_loss(self) -> float | None:
@@ -121,8 +125,8 @@ def evaluate_loss(model: nn.Module, batches: TokenBatches, device: str | torch.d
 def make_optimizer(model: nn.Module, cfg: Seq2SeqConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas,
-                                weight_decay=cfg.weight_decay)
+        adam = torch.optim.AdamW if cfg.decoupled_weight_decay else torch.optim.Adam
+        return adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -136,6 +140,7 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     limit = cfg.diverge_loss if cfg.diverge_loss is not None else math.log(vocab_size) + 1
     result, start, step = Seq2SeqResult(), time.perf_counter(), 0
+    cpu_start = time.process_time()
     window, n_window = torch.zeros((), device=device), 0
     while step < cfg.steps and not result.diverged:
         for src, tgt in train_batches:
@@ -160,6 +165,7 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
             if step >= cfg.steps:
                 break
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
 
 

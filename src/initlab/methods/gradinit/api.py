@@ -107,7 +107,7 @@ def _iteration(search: GradInitSearch, batches: GradInitBatches, opt: ScaleAdam,
                 recomputed=constraint and not graph, seconds=time.perf_counter() - started)
 
 
-@register("gradinit", needs_data=True,
+@register("gradinit", config=GradInitConfig, needs_data=True,
           description="learned per-tensor scales so one optimizer step helps most",
           paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
 def gradinit(
@@ -192,7 +192,7 @@ def gradinit(
                   scales={s.name: a for s, a, k in zip(specs, opt.alpha.tolist(), scaled.tolist()) if k})
 
 
-@register("gradinit-authors", needs_data=True,
+@register("gradinit-authors", settings_of="gradinit", needs_data=True,
           description="GradInit exactly as the authors' code runs it (faithful=True)",
           paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
 def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitReport:

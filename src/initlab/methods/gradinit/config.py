@@ -16,7 +16,8 @@ class GradInitConfig:
     lr: float = 0.1                # that optimizer's learning rate (eta)
     steps: int = 390               # search iterations (390 ~ one CIFAR epoch at batch 128)
     scale_lr: float = 1e-2         # learning rate of the scales' Adam (tau)
-    gamma: float = 1.0             # bound on the first gradient's norm (L2 sgd, L1 adam)
+    gamma: float = 1.0             # bound on the first gradient's norm (L2 sgd, L1 adam);
+                                   # inf: no constraint step ever (the authors' train_cifar.py default)
     normalize_grad: bool = True    # sgd target: step along g/|g|, so its length is exactly lr
     min_scale: float = 0.01        # floor for weights' scales (biases: 0)
     max_scale: Optional[float] = None       # cap for every scale
@@ -38,8 +39,11 @@ class GradInitConfig:
             raise ValueError(f"unknown batching {self.batching!r}: use 'auto', 'concat' or 'split'")
         positive = dict(lr=self.lr, scale_lr=self.scale_lr, gamma=self.gamma)
         for name, value in positive.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            ok = isinstance(value, (int, float)) and value > 0 and (
+                math.isfinite(value) or (name == "gamma" and value == math.inf))
+            if not ok:
+                what = "a positive number or inf" if name == "gamma" else "a positive finite number"
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if not (0 <= self.min_scale < math.inf):
