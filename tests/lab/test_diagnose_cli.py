@@ -60,23 +60,35 @@ def test_the_transformer_on_text(tmp_path, monkeypatch):
     found = json.loads((tmp_path / "diagnoses.json").read_text())
     assert [r["name"] for r in found[0]["ranks"]] == ["encoder.0", "encoder.1", "decoder.0",
                                                       "decoder.1"]
-    assert found[0]["branches"][0]["source"] == "sublayer"
+    assert [(b["name"], b["source"]) for b in found[0]["branches"][:2]] == [
+        ("encoder.0.attn_sum", "sum"), ("encoder.0.ffn_sum", "sum")]
     assert len(found[1]["attention"][0]["entropy"]) == 2
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--methods", "default,kaimin"], "unknown initialization method 'kaimin'"),
-    (["--lr", "0"], "--lr must be given and positive"),
-    (["--model", "nosuchpackage.x:make"], "cannot import the model factory"),
+    (["--methods", "default,kaimin"], "'kaimin' is unknown (did you mean 'kaiming'?)"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--model", "nosuchpackage.x:make"], "--model nosuchpackage.x:make: cannot import it"),
     (["--model", "transformer"], "--model transformer goes with --data bible"),
-    (["--model", "lenet"], "unknown --model 'lenet'"),
-    (["--data", "cifar"], "unknown --data 'cifar'"),
-    (["--batches", "1"], "--batches must be >= 2"),
+    (["--model", "lenet"], "--model 'lenet' is unknown"),
+    (["--data", "cifar"], "--data 'cifar' is unknown"),
+    (["--batches", "1"], "--batches must be an integer >= 2"),
+    (["--set", "gradinit.steps=3"], "'gradinit' is not among --methods"),
+    (["--methods", "gradinit", "--set", "gradinit.stepz=3"], "--set gradinit.stepz"),
+    (["--methods", "fixup"], "fixup cannot initialize --model mlp"),
     (["--set", "gradinit.steps"], "expected METHOD.KEY=VALUE"),
 ])
 def test_bad_arguments_fail_with_one_line_before_any_work(args, words, tmp_path, capsys):
     out = tmp_path / "never"
-    rc = cli.main([*MLP, *args, "--out", str(out)])
+    try:
+        rc = cli.main([*MLP, *args, "--out", str(out)])
+    except SystemExit as e:  # argparse's own errors (a --set it cannot read) exit from the parser
+        rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and words in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_missing_lr_is_named(tmp_path, capsys):
+    assert cli.main(["diagnose", "--out", str(tmp_path / "never")]) == 2
+    assert "--lr is required" in capsys.readouterr().err

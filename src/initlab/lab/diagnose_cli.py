@@ -16,10 +16,10 @@ A `module:factory` model is built by calling `factory(...)` with those of `in_ch
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import inspect
 import json
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -27,100 +27,117 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..diagnose import compare, diagnose
-from ..methods.gradinit import TRANSFORMER_RECIPE
+from ..diagnostics import compare, diagnose
 from ..registry import initialize, method_info
-from .compare import CompareConfig, check_methods, method_settings
+from . import usage
+from .checks import check_data, check_fixed_rules, check_settings_args, method_names, probe_model
+from .compare import CompareConfig, method_settings
 from .data import DATASETS, Batches, load_dataset
 from .models import MODELS, build_model
 from .train import TrainConfig
+from .usage import UsageError
 
 TEXT = ("bible",)  # the translation lab's English->Spanish verses
 
 
 def add_subcommand(sub: Any) -> None:
     p = sub.add_parser("diagnose", help="measure a model at init (signal, gradients, one step, "
-                       "residuals, attention) before and after initialization methods")
+                       "residuals, attention) before and after initialization methods",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="mlp",
                    help=f"{', '.join(MODELS)}, transformer (with --data bible), or module:factory")
     p.add_argument("--data", default="digits", help=", ".join(DATASETS + TEXT))
-    p.add_argument("--data-dir", default=None, help="default: $INITLAB_DATA, then the system's")
-    p.add_argument("--depth", type=int, default=None, help="layers (Transformer: per stack)")
-    p.add_argument("--width", type=int, default=None, help="width (Transformer: d_model)")
-    p.add_argument("--bn", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data (None: $INITLAB_DATA, then the system's)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="layers; Transformer: per stack (None: the model's)")
+    p.add_argument("--width", type=int, default=None,
+                   help="width; Transformer: d_model (None: the model's)")
+    p.add_argument("--bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="batch normalization (VGG, ResNet)")
     p.add_argument("--activation", default="relu", help="MLP activation")
-    p.add_argument("--heads", type=int, default=4, help="Transformer heads")
+    p.add_argument("--heads", type=int, default=4, help="Transformer attention heads")
     p.add_argument("--ffn", type=int, default=512, help="Transformer feed-forward width")
     p.add_argument("--norm", choices=("post", "pre"), default="post", help="Transformer norm")
     p.add_argument("--vocab-size", type=int, default=2000, help="bible: SentencePiece pieces")
     p.add_argument("--max-words", type=int, default=16, help="bible: longest verse kept")
-    p.add_argument("--methods", default="default", help="comma-separated; a+b chains methods")
-    p.add_argument("--set", dest="settings", action="append", default=[],
+    p.add_argument("--methods", default="default",
+                   help="comma-separated registry names; a+b: a, then b")
+    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE", help="a method setting (repeatable)")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=None, help="the learning rate you will train with")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 (bible: 32)")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
+                   help="the optimizer whose first step is diagnosed")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the learning rate you will train with (required)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    p.add_argument("--batch-size", type=int, default=None, help="None: 64 (bible: 32)")
     p.add_argument("--batches", type=int, default=4, help="measured batches + 1 held out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="model draws and batch order")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", default="runs/diagnose", help="folder for the figures and JSON")
     p.add_argument("--quiet", action="store_true", help="print only the comparison")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="the methods' own logs")
+
+
+def _setting(text: str) -> tuple[str, str, Any]:
+    """METHOD.KEY=VALUE -> (method, key, value), as `initlab compare --set` reads it."""
+    try:
+        lhs, raw = text.split("=", 1)
+        method, key = lhs.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE, got {text!r}") from None
+    try:
+        return method, key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return method, key, raw
 
 
 def validate(a: argparse.Namespace) -> Callable[..., nn.Module] | None:
-    """Check every argument before any work; returns the imported factory, if one is named."""
-    from .cli import _setting
+    """Check every argument before any work (UsageError: one line, exit 2); returns the
+    imported factory, if `--model` names one."""
+    for flag in ("depth", "width", "heads", "ffn", "vocab_size", "max_words", "batch_size"):
+        usage.at_least("--" + flag.replace("_", "-"), getattr(a, flag))
+    usage.at_least("--batches", a.batches, 2)
+    if a.lr is None:
+        raise UsageError("--lr is required: the learning rate you will train with")
+    usage.positive("--lr", a.lr)
+    usage.fraction("--momentum", a.momentum)
+    usage.non_negative("--weight-decay", a.weight_decay)
+    usage.one_of("--data", a.data, DATASETS + TEXT)
     factory = None
     if ":" in a.model:
         module, _, name = a.model.partition(":")
         try:
             factory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import the model factory {a.model!r}: {e}") from None
+            raise UsageError(f"--model {a.model}: cannot import it ({e}); give module:factory "
+                             "of an importable module") from None
         if not callable(factory):
-            raise ValueError(f"{a.model!r} is not callable; name a function or class")
-    elif a.model not in MODELS + ("transformer",):
-        raise ValueError(f"unknown --model {a.model!r}; use {', '.join(MODELS)}, transformer or "
-                         "module:factory")
-    if a.data not in DATASETS + TEXT:
-        raise ValueError(f"unknown --data {a.data!r}; use {', '.join(DATASETS + TEXT)}")
-    if (a.model == "transformer") != (a.data in TEXT) and factory is None:
-        raise ValueError("--model transformer goes with --data bible (and bible with it)")
-    if a.lr is None or not a.lr > 0:
-        raise ValueError("--lr must be given and positive: the learning rate you will train with")
-    if a.batches < 2 or (a.batch_size is not None and a.batch_size < 2):
-        raise ValueError("--batches must be >= 2 and --batch-size >= 2")
-    if any(v is not None and v < 1 for v in (a.depth, a.width)):
-        raise ValueError("--depth and --width must be >= 1")
-    if not 0 <= a.momentum < 1 or a.weight_decay < 0:
-        raise ValueError("--momentum must lie in [0, 1) and --weight-decay be >= 0")
+            raise UsageError(f"--model {a.model} is not callable; name a function or class")
+    else:
+        usage.one_of("--model", a.model, MODELS + ("transformer",))
+        if (a.model == "transformer") != (a.data in TEXT):
+            raise UsageError("--model transformer goes with --data bible (and bible with it)")
+    parts = method_names(a.methods)
+    check_settings_args(a.settings, parts)
+    if a.data in DATASETS:
+        check_data(a)
+        if factory is None:
+            check_fixed_rules(a, parts, probe_model(a))
+    usage.device("--device", a.device)
+    usage.writable_dir("--out", a.out)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    if not a.methods:
-        raise ValueError("--methods names no method")
-    for spec in a.methods:
-        try:
-            check_methods(spec)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-    try:
-        a.settings = [_setting(s) for s in a.settings]
-    except argparse.ArgumentTypeError as e:
-        raise ValueError(str(e)) from None
     return factory
 
 
 def main_from_args(a: argparse.Namespace) -> int:
+    factory = validate(a)
     try:
-        factory = validate(a)
         lab = ImageLab(a, factory) if a.data in DATASETS else TextLab(a, factory)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"initlab diagnose: error: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:  # the Bible corpus needs its Debian packages
+        raise UsageError(str(e)) from None
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     found = []
     for spec in a.methods:
         torch.manual_seed(a.seed)  # the same constructor draws for every method
@@ -183,7 +200,10 @@ class ImageLab:
 
 
 class TextLab:
-    """Bible verses: label-smoothed seq2seq loss, the settings of `translate-grid`."""
+    """Bible verses: the label-smoothed seq2seq loss; the methods of `translate-grid` as it
+    applies them (`translation/inits.py`: GradInit for this optimizer and lr, the authors'
+    recipe as `gradinit-authors`, Admin profiled on a batch, T-Fixup, DeepNet); any other
+    registered method, or one given `--set` values, through the registry."""
 
     def __init__(self, a: argparse.Namespace, factory: Callable[..., nn.Module] | None):
         from .translation.data import TokenBatches, load_translation_data
@@ -192,13 +212,12 @@ class TextLab:
         self.data = load_translation_data(a.data_dir, max_words=a.max_words,
                                           vocab_size=a.vocab_size)
         train = self.data.src["train"], self.data.tgt["train"]
-        size = a.batch_size or 32
-        self.batches = TokenBatches(*train, size, shuffle=True, seed=a.seed, device=a.device)
-        self.init_batches = TokenBatches(*train, size, shuffle=True, seed=a.seed + 7919,
+        self.size = a.batch_size or 32
+        self.batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed, device=a.device)
+        self.init_batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed + 7919,
                                          device=a.device)
         self.loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
-        self.settings: dict[str, dict[str, Any]] = {
-            "gradinit": dict(TRANSFORMER_RECIPE, batching="split"), "tfixup": {"seed": a.seed}}
+        self.settings: dict[str, dict[str, Any]] = {}
         for method, key, value in a.settings:
             self.settings.setdefault(method, {})[key] = value
 
@@ -212,8 +231,16 @@ class TextLab:
                            norm=a.norm)
 
     def initialize(self, model: nn.Module, name: str) -> None:
-        settings = dict(self.settings.get(name, {}))
-        if method_info(name).needs_data:
-            initialize(model, name, data=self.init_batches, loss_fn=self.loss_fn, **settings)
+        from .translation.inits import METHODS, apply_method
+        given = self.settings.get(name, {})
+        a = self.a
+        if name in METHODS and (not given or (set(given) == {"steps"} and "authors" in name)):
+            steps = given.get("steps", 780)
+            apply_method(model, name, self.data, optimizer="adam" if "adam" in a.optimizer
+                         else "sgd", lr=a.lr, seed=a.seed, batch_size=self.size,
+                         label_smoothing=0.1, gradinit_steps=steps, gradinit_sgd_steps=200,
+                         device=a.device)
+        elif method_info(name).needs_data:
+            initialize(model, name, data=self.init_batches, loss_fn=self.loss_fn, **given)
         else:
-            initialize(model, name, **settings)
+            initialize(model, name, **given)

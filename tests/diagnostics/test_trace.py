@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.methods import ResMLP, batches
-from initlab.diagnose import diagnose
-from initlab.diagnose.trace import LeafTracer, residual_sums
+from initlab.diagnostics import diagnose
+from initlab.diagnostics.trace import LeafTracer, residual_sums
 
 
 class Block(nn.Module):

@@ -5,7 +5,7 @@ from torch import nn
 
 import initlab
 from helpers.methods import assert_same, batches, snapshot
-from initlab.diagnose import compare, compare_method, diagnose
+from initlab.diagnostics import compare, compare_method, diagnose
 
 
 def deep_default_mlp(depth: int = 8) -> nn.Sequential:
@@ -53,4 +53,4 @@ def test_compare_refuses_different_architectures():
 
 def test_an_unknown_method_is_named():
     with pytest.raises(KeyError, match="unknown initialization method 'kaimin'"):
-        initlab.diagnose.compare_method(deep_default_mlp(3), batches(3), "kaimin", lr=0.1)
+        initlab.diagnostics.compare_method(deep_default_mlp(3), batches(3), "kaimin", lr=0.1)

@@ -5,7 +5,7 @@ from torch import nn
 
 import initlab
 from helpers.methods import batches
-from initlab.diagnose import diagnose
+from initlab.diagnostics import diagnose
 
 
 def chain(factors: list[float], width: int = 16) -> nn.Sequential:

@@ -1,6 +1,6 @@
 """The figures: one page per diagnosis, one per comparison, with the Transformer row."""
 from helpers.methods import ResMLP, batches, mlp
-from initlab.diagnose import compare, diagnose
+from initlab.diagnostics import compare, diagnose
 
 
 def test_one_diagnosis_and_a_comparison_write_their_pages(tmp_path):

@@ -7,8 +7,9 @@
   called k times per forward gives k entries ("act", "act#2", ...), in order of first call;
 - for weighted layers (those owning a parameter of dim >= 2), the same sums of their input, or
   that it was not a floating-point signal (an Embedding's ids), for the gains by depth;
-- marked residual branches (`initlab.mark_residual_branch`): RMS of `scale * branch(x)` against
-  RMS of the branch's input x, the skip it is added to.
+- residual connections: for each `initlab.ResidualSum` (`multiplier * x + f_x`), RMS of f_x
+  against RMS of `multiplier * x`; for each marked branch (`initlab.mark_residual_branch`), RMS
+  of `scale * branch(x)` against RMS of the branch's input x, the skip it is added to.
 
 Sums stay on the model's device as float64 tensors; nothing is read back until `finish()`.
 """
@@ -21,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..core.residual import residual_branches
+from ..core.residual import ResidualSum, residual_branches
 
 PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 
@@ -103,8 +104,9 @@ class Recorder:
         self.active = True
         self.entries: dict[str, Entry] = {}
         self.branches: dict[str, tuple[Sums, Sums]] = {}
-        self.branch_modules: set[str] = set()   # layers inside marked branches
+        self.branch_modules: set[str] = set()   # layers inside marked branches and sums' branches
         self._calls: dict[str, int] = {}
+        self.sources: dict[str, str] = {}       # residual name -> "marked" or "sum"
         self._handles = [model.register_forward_pre_hook(lambda m, a: self._calls.clear())]
         for name, m in watched_layers(model):
             self._handles.append(m.register_forward_hook(self._layer_hook(name, m)))
@@ -112,6 +114,16 @@ class Recorder:
         for b in residual_branches(model):
             self._handles.append(b.branch.register_forward_hook(self._branch_hook(b.name, b.scale)))
             self.branch_modules |= {names[id(m)] for m in b.branch.modules()}
+        for name, m in model.named_modules():
+            if isinstance(m, ResidualSum):
+                self._handles.append(m.register_forward_hook(self._sum_hook(name)))
+                self.branch_modules |= {names[id(c)] for f in m.branch for c in f.modules()
+                                        if id(c) in names}
+
+    @property
+    def has_residuals(self) -> bool:
+        """Marked branches or ResidualSum modules: no need to trace for sums."""
+        return bool(self.sources)
 
     def _layer_hook(self, name: str, module: nn.Module):
         kind, weighted = type(module).__name__, is_weighted(module)
@@ -141,6 +153,17 @@ class Recorder:
             branch, skip = self.branches.setdefault(name, (Sums(), Sums()))
             branch.add(out * scale.detach() if scale is not None else out)
             skip.add(x)
+        self.sources[name] = "marked"
+        return hook
+
+    def _sum_hook(self, name: str):
+        def hook(m: ResidualSum, args: tuple, output: Any) -> None:
+            if not self.active or len(args) < 2:
+                return
+            branch, skip = self.branches.setdefault(name, (Sums(), Sums()))
+            branch.add(args[1])
+            skip.add(args[0] * m.multiplier)
+        self.sources[name] = "sum"
         return hook
 
     def remove(self) -> None:

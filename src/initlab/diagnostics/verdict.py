@@ -154,8 +154,8 @@ def branch_findings(branches: list[BranchStat]) -> list[Finding]:
     if not loud:
         return []
     top = max(b.ratio for b in loud)
-    sublayer = all(b.source == "sublayer" for b in loud)
-    fixes = (try_methods("admin", "tfixup", "gradinit") if sublayer
+    sublayer = all(b.source in ("sublayer", "sum") for b in loud)  # Transformer-style sums
+    fixes = (try_methods("admin", "deepnet", "tfixup", "gradinit") if sublayer
              else try_methods("fixup", "skipinit", "gradinit") + " (Fixup and SkipInit start each "
              "branch at zero)")
     what = ("the residual branch of {} outweighs its skip" if len(loud) == 1

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from initlab.diagnose import diagnose
-from initlab.diagnose.transformer import token_ranks
+from initlab.diagnostics import diagnose
+from initlab.diagnostics.transformer import token_ranks
 
 L, D = 6, 16
 

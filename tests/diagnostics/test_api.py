@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import initlab
 from helpers.methods import ResMLP, assert_same, batches, bn_dropout_mlp, mlp, snapshot
-from initlab.diagnose import Diagnosis, diagnose
+from initlab.diagnostics import Diagnosis, diagnose
 
 
 def rng_states():
@@ -76,11 +76,11 @@ def test_an_error_midway_leaves_the_model_and_removes_every_hook():
     assert hooks(model) == n_hooks
 
 
-def test_the_package_is_callable_and_keeps_its_names():
-    assert isinstance(initlab.diagnose, types.ModuleType)
+def test_the_function_at_the_top_and_the_package_with_the_rest():
+    assert initlab.diagnose is diagnose and isinstance(initlab.diagnostics, types.ModuleType)
     d = initlab.diagnose(mlp(), batches(2), lr=0.1)
     assert d.settings["batches"] == 2 and len(d.batch_losses) == 1
-    assert callable(initlab.diagnose.compare) and callable(initlab.diagnose.layer_moments)
+    assert callable(initlab.diagnostics.compare) and callable(initlab.diagnostics.layer_moments)
 
 
 def test_a_callable_optimizer_keeps_its_own_lr_unless_lr_is_given():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.methods import batches, mlp
-from initlab.diagnose import diagnose
+from initlab.diagnostics import diagnose
 
 
 def rms(t: torch.Tensor) -> float:

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+import initlab
 from helpers.methods import batches
-from initlab.diagnose import diagnose
+from initlab.diagnostics import diagnose
 
 
 def moments(outputs: list[torch.Tensor]) -> tuple[float, float, float]:
@@ -73,3 +74,32 @@ def test_an_embedding_starts_a_new_chain():
     data = [(torch.randint(0, 10, (16, 4)), torch.randint(0, 3, (16,))) for _ in range(2)]
     d = diagnose(model, data, lr=0.1)
     assert d.layers[0].gain is None and math.isfinite(d.layers[1].gain)
+
+
+class SumBlock(nn.Module):
+    """A residual sum as Admin and DeepNet see it: norm(multiplier * x + f(x))."""
+
+    def __init__(self, width: int = 8, multiplier: float = 3.0):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.sum = initlab.ResidualSum(branch=self.f)
+        self.sum.multiplier.fill_(multiplier)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.norm(self.sum(x, self.f(x)))
+
+
+def test_a_residual_sum_is_measured_against_its_weighted_skip():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), SumBlock(), nn.Linear(8, 3))
+    data = batches(3)
+    d = diagnose(model, data, lr=0.1)
+    (stat,) = d.branches
+    assert (stat.name, stat.source) == ("1.sum", "sum")
+    with torch.no_grad():
+        h = [model[0](x) for x, _ in data[:2]]
+        f = [model[1].f(x) for x in h]
+    assert stat.branch_rms == pytest.approx(moments(f)[0], rel=1e-6)
+    assert stat.skip_rms == pytest.approx(3.0 * moments(h)[0], rel=1e-6)
+    assert {s.name for s in d.layers if s.in_branch} == {"1.f.0", "1.f.1", "1.f.2"}

@@ -28,9 +28,8 @@ from ..core.finish import unchanged_on_error
 from ..core.loss import LossFn, default_loss
 from ..core.modes import search_mode
 from ..core.params import trainable_params
-from ..core.residual import residual_branches
 from ..core.rng import kept_rng
-from .record import Recorder, Sums
+from .record import Recorder
 from .result import AttentionStat, BranchStat, Diagnosis, LayerStat, RankStat, TensorStat
 from .step import OPTIMIZERS, OptimizerSpec, accumulate, copies_of, held_out_loss, make_optimizer
 from .trace import SumRecorder
@@ -66,7 +65,7 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
             attention = TransformerRecorder(model)
             hooks.callback(attention.remove)
             sums = None
-            if not residual_branches(model):  # marked branches say it all; else trace for sums
+            if not recorder.has_residuals:  # marked branches and ResidualSums say it all
                 sums = SumRecorder(model, mute=_muter(recorder, attention))
                 hooks.callback(sums.remove)
             copies = copies_of(specs)
@@ -187,8 +186,7 @@ def layer_stats(recorder: Recorder, in_branches: set[str]) -> list[LayerStat]:
 
 def branch_stats(recorder: Recorder, attention: TransformerRecorder,
                  sums: Optional[SumRecorder]) -> list[BranchStat]:
-    found: list[tuple[str, dict[str, tuple[Sums, Sums]]]] = [
-        ("marked", recorder.branches), ("sublayer", attention.branches),
-        ("traced", sums.branches if sums is not None else {})]
-    return [BranchStat(name, b.rms, s.rms, source)
-            for source, table in found for name, (b, s) in table.items()]
+    found = [(recorder.sources[name], name, pair) for name, pair in recorder.branches.items()]
+    found += [("sublayer", name, pair) for name, pair in attention.branches.items()]
+    found += [("traced", name, pair) for name, pair in (sums.branches if sums else {}).items()]
+    return [BranchStat(name, b.rms, s.rms, source) for source, name, (b, s) in found]
