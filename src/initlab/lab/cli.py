@@ -4,6 +4,7 @@
         --methods default,gradinit --epochs 5 --seeds 3 --lr 0.1 --out runs/vgg11
     initlab demo
     initlab methods
+    initlab diagnose --model mlp --depth 10 --width 64 --methods default,kaiming --lr 0.1
     python -m initlab ...        # the same command
 
 Exit status: 0 when every run finished (a run that diverged is a result, recorded as such);
@@ -156,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
     from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
     recipes_cli.add_subcommand(sub)
+    from .diagnose_cli import add_subcommand as add_diagnose
+    add_diagnose(sub)
     return ap
 
 
@@ -248,6 +251,9 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
+    if a.command == "diagnose":
+        from .diagnose_cli import main_from_args as diagnose_main
+        return diagnose_main(a)
     return compare_command(a)
 
 
