@@ -12,15 +12,9 @@ from .core.residual import ResidualSum, mark_residual_branch, residual_branches,
 from .core.version import __version__
 from .diagnostics import diagnose
 from .methods.archscale import archscale_init, archscale_lr, path_depths
-from .methods.autoinit import (
-    AutoInitConfig,
-    Moments,
-    autoinit,
-    moments,
-    register_elementwise,
-    register_moment_map,
-    unregister_moment_map,
-)
+from .methods.autoinit import AutoInitConfig, autoinit
+from .methods.autoinit_maps import Moments, register_moment_map
+from .methods.autoinit_ops import register_elementwise
 from .methods.classic import kaiming, orthogonal, xavier
 from .methods.emergence import emergence
 from .methods.fixup import fixup
@@ -38,7 +32,6 @@ __all__ = [
     "ResidualSum", "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr",
     "autoinit", "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient",
     "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
-    "method_info", "moments", "orthogonal", "path_depths", "register_elementwise",
-    "register_moment_map", "residual_branches", "residual_sums", "skipinit", "tfixup",
-    "unregister_moment_map", "xavier", "zero_init",
+    "method_info", "orthogonal", "path_depths", "register_elementwise", "register_moment_map",
+    "residual_branches", "residual_sums", "skipinit", "tfixup", "xavier", "zero_init",
 ]

@@ -21,11 +21,10 @@ weights, as in Huang et al., "Centered Weight Normalization", ICCV 2017): a unit
 none of its input's common mean, so the output units get no random offsets `mu * sum_i w_ji`
 (with i.i.d. weights about mu^2 / E[x^2] of the output variance, ~1/3 after a ReLU), which
 otherwise differ from unit to unit and make the next nonlinearity's gain deviate from the pooled
-prediction. AutoInit then sets the scale from the drawn values (`WeightPlan`).
+prediction. AutoInit then sets the scale from the drawn values (`_Layers.rescale`).
 
-Draws are made in float32 on the CPU from AutoInit's generator and returned as float64 (the
-caller casts to the parameter's device and dtype), so a seed gives the same weights on every
-device.
+Draws are float64 on the CPU from AutoInit's generator (the caller casts to the parameter's
+device and dtype), so a seed gives the same weights on every device.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def orthogonal(rows: int, cols: int, gen: Optional[torch.Generator],
     decomposition of a Gaussian matrix, signs fixed by R's diagonal (Haar distributed).
     `centered`: every row sums to 0 (orthonormal within the complement of the ones vector
     when rows < cols; else the rows are centered after orthogonalization)."""
-    a = torch.randn(max(rows, cols), min(rows, cols), generator=gen).double()
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
     centered = centered and cols > 1                           # one weight per unit: keep it
     inside = centered and rows < cols
     if inside:
@@ -61,9 +60,9 @@ def draw(distribution: str, shape: torch.Size, std: float, groups: int,
     std^2, the caller sets the final scale)."""
     if distribution in ("normal", "uniform"):
         if distribution == "normal":
-            w = torch.randn(shape, generator=gen).double() * std
+            w = torch.randn(shape, generator=gen, dtype=torch.float64) * std
         else:  # U(-a, a) has variance a^2 / 3
-            w = (torch.rand(shape, generator=gen).double() * 2 - 1) * std * math.sqrt(3)
+            w = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * std * math.sqrt(3)
         if centered:
             flat = w.reshape(shape[0], -1)
             w = (flat - flat.mean(1, keepdim=True)).reshape(shape)
