@@ -120,3 +120,32 @@ def test_analytic_rules_read_their_example_input_from_data():
         initlab.initialize(model, "autoinit", data=[{"x": x}])
     with pytest.raises(ValueError, match="fixed rule and takes no data"):
         initlab.initialize(model, "kaiming", data=[(x, x)])
+
+
+def test_unknown_settings_are_refused_before_any_work_with_the_closest_name():
+    model = Zoo()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="gradinit has no setting 'stepz'; did you mean 'steps'"):
+        initlab.gradinit(model, batches(1), stepz=3)
+    with pytest.raises(TypeError, match="lsuv has no setting 'tolerance'"):
+        initlab.initialize(model, "lsuv", batches(1), tolerance=0.1)
+    assert_same(model, before)
+    assert initlab.registry.setting_names("gradinit-authors") == \
+        initlab.registry.setting_names("gradinit")
+    initlab.registry.check_settings("fixup", {"mode": "fan_in"})
+    with pytest.raises(ValueError, match="mode must be 'fan_in' or 'fan_out'"):
+        initlab.registry.check_settings("fixup", {"mode": "sideways"})
+
+
+def test_a_second_run_of_the_same_method_warns():
+    import warnings
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # the first run: no warning
+        initlab.gradinit(model, batches(2), steps=2)
+    with pytest.warns(UserWarning, match="gradinit already initialized this model; running it "
+                      "again starts from its result"):
+        initlab.gradinit(model, batches(2), steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # another method on top: no warning
+        initlab.metainit(model, batches(2), steps=1)

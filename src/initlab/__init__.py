@@ -4,11 +4,13 @@
     report.save("init.pt")
     initlab.apply(fresh_model, "init.pt")         # replay them on a fresh model
     initlab.initialize(model, "gradinit", data)   # any method by name; see available_methods()
+    print(initlab.diagnose(model, data, lr=0.1).summary())   # why a network will not train
 """
 from . import methods  # noqa: F401  (registers every method)
-from .core.report import InitReport, apply
-from .core.residual import mark_residual_branch, residual_branches
+from .core.report import DrawReport, InitReport, LayerReport, ScalesReport, VarianceReport, apply
+from .core.residual import ResidualSum, mark_residual_branch, residual_branches, residual_sums
 from .core.version import __version__
+from .diagnostics import diagnose
 from .methods.archscale import archscale_init, archscale_lr, path_depths
 from .methods.autoinit import AutoInitConfig, autoinit
 from .methods.autoinit_maps import Moments, register_moment_map
@@ -25,10 +27,11 @@ from .methods.zero import zero as zero_init
 from .registry import available_methods, initialize, method_info
 
 __all__ = [
-    "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",
-    "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr", "autoinit",
-    "available_methods", "emergence", "fixup", "gradient_quotient", "gradinit", "initialize",
-    "kaiming", "lsuv", "mark_residual_branch", "metainit", "method_info", "orthogonal",
-    "path_depths", "register_elementwise", "register_moment_map", "residual_branches",
-    "skipinit", "tfixup", "xavier", "zero_init",
+    "AutoInitConfig", "DrawReport", "GradInitConfig", "InitReport", "LayerReport", "ScalesReport",
+    "VarianceReport", "LSUVConfig", "MetaInitConfig", "Moments",
+    "ResidualSum", "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr",
+    "autoinit", "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient",
+    "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",
+    "method_info", "orthogonal", "path_depths", "register_elementwise", "register_moment_map",
+    "residual_branches", "residual_sums", "skipinit", "tfixup", "xavier", "zero_init",
 ]

@@ -1,5 +1,5 @@
 """`initlab compare` under torchrun (2 CPU processes, gloo): DDP training with distributed GradInit
-gives the curves of a one-process run with the same global batches."""
+gives the curves of a one-process run with the same global batches; only rank 0 prints and logs."""
 import json
 import os
 import subprocess
@@ -29,11 +29,15 @@ def test_shards_partition_every_batch():
 def test_compare_under_torchrun_matches_one_process(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "initlab.lab.cli",
-                           *TINY, "--out", str(tmp_path / "two")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    loud = [t for t in TINY if t != "--quiet"]  # per-run and per-epoch log lines on
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "initlab",
+                           *loud, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Results:") == 1  # only rank 0 reports
+    for name in ("default", "gradinit"):  # and logs: each line once
+        assert proc.stderr.count(f"{name} seed 0: first-epoch acc") == 1, proc.stderr
+        assert proc.stderr.count(f"{name} seed 0 epoch 1/1:") == 1, proc.stderr
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["processes"] == 2
     assert cli.main([*TINY, "--out", str(tmp_path / "one")]) == 0

@@ -114,6 +114,36 @@ def test_failure_leaves_model_bitwise_unchanged(case):
     assert_same(model, before)
 
 
+def deep_bn_mlp():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16),
+                      nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    m.train()
+    m(torch.randn(8, 6))  # non-trivial running statistics
+    return m
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_mid_run_leaves_model_bitwise_unchanged(exc):
+    """Ctrl-C (or an error) while the third layer is being measured: the first two layers are
+    already rescaled in the search, and none of it may reach the model."""
+    model = deep_bn_mlp()
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) == 3:  # the order-recording forward, then two tries on this layer
+            raise exc("stopped by the user")
+
+    handle = model[5].register_forward_hook(hook)
+    before = snapshot(model)
+    with pytest.raises(exc):
+        lsuv(model, batches(4), tol=1e-6, max_tries=3)
+    handle.remove()
+    assert len(calls) == 3
+    assert_same(model, before)
+
+
 def test_dead_layer_is_a_clear_error():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
     with torch.no_grad():
@@ -130,3 +160,48 @@ def test_refuses_bad_settings():
         lsuv(model, batches(1), tol=0)
     with pytest.raises(ValueError, match="Linear/Conv"):
         lsuv(nn.Sequential(nn.ReLU()), batches(1))
+
+
+class Keywords(nn.Module):
+    """A model called with keyword inputs, as dict batches are passed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x, shift):
+        return self.b(torch.tanh(self.a(x + shift)))
+
+
+def test_batches_of_inputs_alone_need_no_loss_fn():
+    """Tensors, `(inputs,)` lists (a DataLoader over a TensorDataset of inputs) and dicts of
+    keyword inputs: the same weights as (inputs, targets) batches with the same inputs."""
+    from torch.utils.data import DataLoader, TensorDataset
+    xs = [b[0] for b in batches(4)]
+    results = []
+    for data in ([(x, torch.zeros(len(x), dtype=torch.long)) for x in xs], xs,
+                 list(DataLoader(TensorDataset(torch.cat(xs)), batch_size=32))):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        lsuv(model, data, seed=0)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for other in results[1:]:
+        for p, q in zip(results[0], other):
+            assert torch.equal(p, q)
+    model = Keywords()
+    report = lsuv(model, [{"x": x, "shift": torch.ones(())} for x in xs], seed=0)
+    assert [h["layer"] for h in report.history] == ["a", "b"]
+    assert all(abs(h["std_after"] - 1) < 0.1 for h in report.history)
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(1000 * x)  # overflows to inf past the last measured layer
+
+
+def test_non_finite_outputs_of_the_finished_model_are_refused():
+    model = nn.Sequential(nn.Linear(6, 3), Exp())
+    before = snapshot(model)
+    with pytest.raises(FloatingPointError, match="non-finite output of the initialized model"):
+        lsuv(model, [b[0] for b in batches(2)])
+    assert_same(model, before)

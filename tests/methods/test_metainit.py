@@ -91,6 +91,58 @@ def test_one_step_is_sign_momentum_on_the_norm():
     torch.testing.assert_close(model[0].bias.detach(), w0[1], rtol=0, atol=0)  # 1-dim: untouched
 
 
+def gq_at_scales(model, batch, scales, eps=1e-5):
+    """GQ from the formula (explicit Hessian) with parameter k multiplied by scales[k]."""
+    names = [n for n, _ in model.named_parameters()]
+    ps = [p.detach() * s for p, s in zip(model.parameters(), scales)]
+    theta = torch.cat([p.reshape(-1) for p in ps])
+    f = flat_loss(model, names, [p.shape for p in ps], batch)
+    g = torch.autograd.functional.jacobian(f, theta)
+    Hg = torch.autograd.functional.hessian(f, theta) @ g
+    sign = torch.where(g >= 0, 1.0, -1.0).double()
+    return ((g - Hg) / (g + eps * sign) - 1).abs().mean()
+
+
+def reference_metainit(model, batch, steps, lr, momentum, min_scale=0.01, h=1e-6):
+    """The paper's update written as a loop over tensors: d = sign(d GQ(s W) / ds) by central
+    differences, m <- momentum * m - lr * d, |W| <- max(|W| + m, min_scale |W0|)."""
+    params = list(model.parameters())
+    tuned = [k for k, p in enumerate(params) if p.dim() >= 2]
+    norm0 = [p.detach().norm().item() for p in params]
+    norm, mem = list(norm0), [0.0] * len(params)
+    for _ in range(steps):
+        scales = [n / n0 for n, n0 in zip(norm, norm0)]
+        d = {}
+        for k in tuned:
+            up, down = list(scales), list(scales)
+            up[k], down[k] = scales[k] * (1 + h), scales[k] * (1 - h)
+            slope = (gq_at_scales(model, batch, up) - gq_at_scales(model, batch, down)).item()
+            assert abs(slope) > 1e-9 * h, "a direction too close to 0 to take its sign"
+            d[k] = 1.0 if slope > 0 else -1.0
+        for k in tuned:
+            mem[k] = momentum * mem[k] - lr * d[k]
+            norm[k] = max(norm[k] + mem[k], min_scale * norm0[k])
+    return {k: norm[k] / norm0[k] for k in tuned}
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_several_steps_follow_the_momentum_recursion(momentum):
+    """Steps > 1, where the momentum term matters: against a loop over tensors with the
+    direction's sign from finite differences of the explicit-Hessian GQ."""
+    torch.manual_seed(6)
+    model = mlp((3, 5, 2), dtype=torch.float64)
+    batch = batches(1, size=6, features=3, classes=2, dtype=torch.float64)[0]
+    want = reference_metainit(copy.deepcopy(model), batch, steps=5, lr=0.05, momentum=momentum)
+    no_momentum = reference_metainit(copy.deepcopy(model), batch, steps=5, lr=0.05, momentum=0.0)
+    report = metainit(model, [batch], steps=5, lr=0.05, momentum=momentum)
+    got = {k: report.scales[n] for k, (n, _) in enumerate(model.named_parameters())
+           if n in report.scales}
+    assert got.keys() == want.keys() == {0, 2}
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    assert any(abs(want[k] - no_momentum[k]) > 0.01 for k in want)  # momentum changed the path
+
+
 def held_out_gq(model, n=6):
     g = torch.Generator().manual_seed(123)
     total = 0.0
@@ -149,6 +201,26 @@ def test_failure_leaves_model_bitwise_unchanged(case):
     assert_same(model, before)
 
 
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_mid_run_leaves_model_bitwise_unchanged(exc):
+    """Ctrl-C (or an error) from a forward hook at iteration 4 of 6."""
+    model = bn_dropout_mlp()
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) == 4:
+            raise exc("stopped by the user")
+
+    handle = model[4].register_forward_hook(hook)
+    before = snapshot(model)
+    with pytest.raises(exc):
+        metainit(model, batches(4), steps=6)
+    handle.remove()
+    assert len(calls) == 4
+    assert_same(model, before)
+
+
 def test_refuses_bad_settings_and_missing_data():
     model = mlp()
     before = snapshot(model)
@@ -160,4 +232,15 @@ def test_refuses_bad_settings_and_missing_data():
         metainit(model, batches(1), momentum=1.5)
     with pytest.raises(ValueError, match=">= 2 dims"):
         metainit(model, batches(1), params=r"bias")
+    assert_same(model, before)
+
+
+def test_data_and_data_free_together_says_what_is_wrong():
+    model = mlp((10, 16, 4))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="got both data= and data_free=True: with data, drop "
+                                         "data_free=True"):
+        metainit(model, batches(2, features=10, classes=4), data_free=True)
+    with pytest.raises(ValueError, match="needs data=<iterable of batches>, or data_free=True"):
+        metainit(model)
     assert_same(model, before)

@@ -22,8 +22,14 @@ def test_branch_scalars_zero_and_network_is_identity_through_blocks():
 
 
 def test_value_up_to_one_over_sqrt_depth():
-    model = ResMLP(n_blocks=4)
-    initlab.initialize(model, "skipinit", value=1 / math.sqrt(4))
+    model = ResMLP(n_blocks=4)                    # the blocks' scalars start at 0.5
+    for value in (0.3, 1 / math.sqrt(4), 0.0):   # 0.3: a value no scalar holds beforehand
+        initlab.initialize(model, "skipinit", value=value)
+        assert [b.scale.item() for b in model.blocks] == [pytest.approx(value, abs=1e-7)] * 4
+    with torch.no_grad():
+        for b in model.blocks:
+            b.scale.fill_(0.7)
+    initlab.initialize(model, "skipinit", value=0.5)   # the bound 1/sqrt(4) itself is allowed
     assert [b.scale.item() for b in model.blocks] == [0.5] * 4
     before = snapshot(model)
     with pytest.raises(ValueError, match="1/sqrt"):

@@ -102,6 +102,39 @@ def test_absolute_scales_xavier_and_embeddings():
             assert torch.equal(p, norms[n]), n
 
 
+def assert_scaled_xavier(w, factor, name):
+    """w was drawn Xavier-uniform, then multiplied by `factor`: every entry within the scaled
+    bound, the largest near it, and the std that of U(-b, b), b = factor * sqrt(6 / (in + out))."""
+    w, b = w.detach(), xavier_bound(w) * factor
+    assert w.abs().max() <= b * (1 + 1e-6), (name, w.abs().max().item() / b)
+    assert w.abs().max() >= 0.9 * b, (name, w.abs().max().item() / b)
+    ratio = w.std().item() / (b / math.sqrt(3))
+    assert abs(ratio - 1) < 0.1, (name, ratio)
+
+
+@pytest.mark.parametrize("n_enc,n_dec", [(2, 3), (1, 6)])
+def test_every_encoder_and_decoder_weight_has_the_papers_absolute_scale(n_enc, n_dec):
+    """Against the paper's constants themselves (Huang et al. 2020, Eq. 5-6): encoder
+    v / out / ffn x 0.67 N_e^(-1/4), decoder ones x (9 N_d)^(-1/4), q and k plain Xavier."""
+    model = Seq2Seq(n_enc=n_enc, n_dec=n_dec)
+    initlab.initialize(model, "tfixup", seed=4)
+    enc, dec = 0.67 * n_enc ** -0.25, (9 * n_dec) ** -0.25
+    layers = [(f"encoder.{i}", enc, lay, [lay.self_attn])
+              for i, lay in enumerate(model.transformer.encoder.layers)]
+    layers += [(f"decoder.{i}", dec, lay, [lay.self_attn, lay.multihead_attn])
+               for i, lay in enumerate(model.transformer.decoder.layers)]
+    for name, factor, layer, attns in layers:
+        for attn in attns:
+            q, k, v = blocks(attn)
+            assert_scaled_xavier(q, 1.0, f"{name} q")
+            assert_scaled_xavier(k, 1.0, f"{name} k")
+            assert_scaled_xavier(v, factor, f"{name} v")
+            assert_scaled_xavier(attn.out_proj.weight, factor, f"{name} out_proj")
+        assert_scaled_xavier(layer.linear1.weight, factor, f"{name} linear1")
+        assert_scaled_xavier(layer.linear2.weight, factor, f"{name} linear2")
+    assert_scaled_xavier(model.out.weight, 1.0, "output head")
+
+
 def test_separate_projection_weights_and_explicit_embedding_roles():
     a = Seq2Seq(separate_qkv=True)
     b = copy.deepcopy(a)

@@ -3,11 +3,14 @@
 A method does its work inside `unchanged_on_error(name, where)`; if anything raises (a refusal,
 a non-finite value, Ctrl-C), the exception gains a note saying the model was left unchanged and
 propagates. On success it calls `finish(...)`, which marks the model (so `apply` refuses to scale
-it twice) and builds the `InitReport` with the library's version:
+it twice) and builds the method's report (`report=`: the type for its kind of method, see
+`core/report.py`) with the library's version:
 
     with unchanged_on_error("mymethod", lambda: f"at layer {name}"):
         ...                                     # compute, then write all values at once
-    return finish(model, "mymethod", settings=asdict(cfg), history=history)
+    return finish(model, "mymethod", settings=asdict(cfg), history=history)   # a ScalesReport
+    return finish(model, "autoinit", settings=..., history=..., report=VarianceReport,
+                  target_variance=cfg.signal_variance)     # extra fields of the report type
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from torch import nn
 
-from .params import ParamSpec, trainable_params
-from .report import InitReport, mark_applied
+from .params import ParamSpec, clean_name, trainable_params
+from .report import InitReport, ScalesReport, mark_applied
 from .version import __version__
 
 Where = Union[str, Callable[[], str]]
@@ -52,12 +55,13 @@ def plain_settings(cfg: Any) -> dict[str, Any]:
 
 def finish(model: nn.Module, method: str, *, settings: dict[str, Any],
            history: Iterable[dict[str, Any]] = (), scales: Optional[dict[str, float]] = None,
-           specs: Optional[list[ParamSpec]] = None,
-           outcome: Optional[dict[str, Any]] = None) -> InitReport:
-    """Mark `model` as initialized by `method` and return its report. `specs` (default: every
-    trainable tensor of `model`) gives the architecture that `apply` checks on replay."""
+           specs: Optional[list[ParamSpec]] = None, report: type[InitReport] = ScalesReport,
+           **fields: Any) -> InitReport:
+    """Mark `model` as initialized by `method` and return its report, of type `report` (with the
+    report type's own `fields`). `specs` (default: every trainable tensor of `model`) gives the
+    architecture that `apply` checks on replay. Names leave out `torch.compile`'s prefix."""
     mark_applied(model, method)
     specs = trainable_params(model) if specs is None else specs
-    return InitReport(method=method, scales=dict(scales or {}),
-                      shapes={s.name: list(s.shape) for s in specs}, history=list(history),
-                      settings=settings, version=__version__, outcome=dict(outcome or {}))
+    return report(method=method, scales={clean_name(k): v for k, v in (scales or {}).items()},
+                  shapes={clean_name(s.name): list(s.shape) for s in specs},
+                  history=list(history), settings=settings, version=__version__, **fields)

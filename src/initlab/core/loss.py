@@ -1,4 +1,5 @@
-"""The loss protocol: `loss_fn(model, batch) -> scalar tensor`, and the default one.
+"""The loss protocol: `loss_fn(model, batch) -> scalar tensor`, and the default one; and, for
+methods that need only the model's outputs (LSUV), `forward(model, batch)` on batches of inputs.
 
 Methods call the model through `Substituted`, a stand-in that runs the real module with
 `torch.func.functional_call` on substituted parameter tensors. It forwards attribute reads to the
@@ -92,6 +93,37 @@ def default_loss(model: Callable, batch: Any) -> torch.Tensor:
         f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}; "
         "pass loss_fn=(model, batch) -> scalar loss"
     )
+
+
+def model_inputs(batch: Any) -> Any:
+    """The inputs of a batch: a tensor or a mapping is all inputs; a tuple/list is `(inputs,
+    targets, ...)` (or `(inputs,)`, as a DataLoader over inputs alone gives), its first element
+    the inputs. Several positional inputs go as a tuple in that place: `((x1, x2), y)`."""
+    if isinstance(batch, (torch.Tensor, Mapping)):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    raise ValueError(f"cannot find the model's inputs in a {type(batch).__name__} batch: pass a "
+                     "tensor, a dict of keyword inputs, or (inputs, targets) tuples")
+
+
+def forward(model: Callable, batch: Any) -> Any:
+    """The model's output on a batch's inputs (`model_inputs`): `model(x)`, `model(**inputs)`
+    for a mapping, `model(*inputs)` for a tuple of positional inputs."""
+    inputs = model_inputs(batch)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors in a model's output (a tensor, tuple, dict, `ModelOutput`)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
+    return [t for v in values for t in output_tensors(v)]
 
 
 def checked_loss(loss_fn: LossFn, model: Callable, batch: Any, where: str) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 A `ParamSpec` describes one *distinct* tensor (tied tensors appear once, under the first name
 `named_parameters()` gives them). Methods receive a list of specs and never walk the model again.
+A `torch.compile`d model is a wrapper whose names gain `_orig_mod.`: methods work on the module
+it wraps (`unwrap_compiled`), and reports name tensors without the prefix (`clean_name`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,25 @@ class ParamSpec:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.param.shape)
+
+
+COMPILED_PREFIX = "_orig_mod."
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile(model)` wrapper holds (its parameters are the same tensors);
+    any other module as it is."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(
+            model.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module):
+        model = model._modules["_orig_mod"]
+    return model
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without `torch.compile`'s `_orig_mod.` (also of compiled submodules)."""
+    if COMPILED_PREFIX not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != COMPILED_PREFIX[:-1])
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -3,3 +3,4 @@
 from . import default, gradinit, metainit, lsuv, fixup, skipinit, zero, tfixup, emergence
 from . import classic
 from . import autoinit, archscale
+from . import admin, deepnet

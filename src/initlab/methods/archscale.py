@@ -29,7 +29,7 @@ from torch import fx, nn
 from ..core.checks import positive, require
 from ..core.finish import finish, plain_settings, unchanged_on_error
 from ..core.graph import LeafSpec, module_of, trace
-from ..core.report import InitReport
+from ..core.report import DrawReport, InitReport
 from ..core.rules import LAYERS, Staged, draw, generator
 from ..registry import register
 
@@ -165,12 +165,14 @@ def in_degrees(gm: fx.GraphModule) -> dict[str, int]:
     return out
 
 
-@register("archscale", description="He init divided by the number of tensors summed at each "
+@register("archscale", config=ArchScaleConfig,
+          description="He init divided by the number of tensors summed at each "
           "node of the graph (in-degree)", paper="Chen, Wu, Wang & Hanin, ICLR 2024")
 def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
     """Initialize every Linear/Conv weight of `model` in place with Var = gain^2 / (fan_in *
     d_in), d_in from the traced graph (`in_degrees`); biases 0. Layers the trace does not reach
-    keep their values. On any error the model is unchanged."""
+    keep their values. On any error the model is unchanged. Returns a `DrawReport` (per layer:
+    fan-in, in-degree, the std drawn)."""
     cfg = ArchScaleConfig(**settings)
     cfg.validate()
     gain = torch.nn.init.calculate_gain(cfg.nonlinearity, 0.01)
@@ -190,4 +192,5 @@ def archscale_init(model: nn.Module, **settings: Any) -> InitReport:
             staged.zero(m.bias)
             history.append(dict(layer=name, fan_in=fan_in, in_degree=d, weight_std=std))
         staged.commit("archscale")
-    return finish(model, "archscale", settings=plain_settings(cfg), history=history)
+    return finish(model, "archscale", settings=plain_settings(cfg), history=history,
+                  report=DrawReport)

@@ -48,7 +48,7 @@ from ..core.checks import integer, positive, require
 from ..core.finish import finish, plain_settings, unchanged_on_error
 from ..core.graph import LeafSpec, module_of, op_name, tensor_shapes, trace
 from ..core.modes import search_mode
-from ..core.report import InitReport
+from ..core.report import InitReport, VarianceReport
 from ..core.rules import LAYERS, Staged, generator
 from ..registry import register
 from . import (  # noqa: F401  (register maps)
@@ -378,7 +378,8 @@ def autoinit(model: nn.Module, example_input: Any = None, *, return_estimates: b
         _check_untouched(model, layers)
         layers.staged.commit("autoinit")
     log.info("autoinit: %d layers initialized", len(layers.history))
-    report = finish(model, "autoinit", settings=plain_settings(cfg), history=layers.history)
+    report = finish(model, "autoinit", settings=plain_settings(cfg), history=layers.history,
+                    report=VarianceReport, target_variance=cfg.signal_variance)
     if return_estimates:
         return report, {k: v.pooled() for k, v in est.items() if isinstance(v, Moments)}
     return report

@@ -81,14 +81,16 @@ def _apply(rule: str, model: nn.Module, settings: dict[str, Any]) -> None:
     log.info("%s: %d layers, nonlinearity %s (gain %.4g)", rule, len(layers), act, gain)
 
 
-@register("kaiming", description="He init: Var(W) = gain^2 / fan (fan_in by default)",
+@register("kaiming", config=ClassicConfig,
+          description="He init: Var(W) = gain^2 / fan (fan_in by default)",
           paper="He, Zhang, Ren & Sun, ICCV 2015")
 def kaiming(model: nn.Module, **settings: Any) -> None:
     """Kaiming-init every Linear/Conv weight (normal, fan_in, gain from the activation)."""
     _apply("kaiming", model, settings)
 
 
-@register("xavier", description="Glorot init: Var(W) = 2 gain^2 / (fan_in + fan_out)",
+@register("xavier", config=ClassicConfig,
+          description="Glorot init: Var(W) = 2 gain^2 / (fan_in + fan_out)",
           paper="Glorot & Bengio, AISTATS 2010")
 def xavier(model: nn.Module, **settings: Any) -> None:
     """Xavier-init every Linear/Conv weight (uniform, gain 1 unless `nonlinearity=` is given)."""
@@ -97,7 +99,8 @@ def xavier(model: nn.Module, **settings: Any) -> None:
     _apply("xavier", model, settings)
 
 
-@register("orthogonal", description="orthogonal weights (reshaped to out x in*kernel), times gain",
+@register("orthogonal", config=ClassicConfig,
+          description="orthogonal weights (reshaped to out x in*kernel), times gain",
           paper="Saxe, McClelland & Ganguli, ICLR 2014")
 def orthogonal(model: nn.Module, **settings: Any) -> None:
     """Orthogonal-init every Linear/Conv weight (gain 1 unless `nonlinearity=` is given)."""

@@ -50,7 +50,8 @@ def signed_distances(n_layers: int) -> list[int]:
     return list(range(-half, 0)) + list(range(1, half + 1))
 
 
-@register("emergence", description="standard init, then layer j from the middle times alpha^j",
+@register("emergence", config=EmergenceConfig,
+          description="standard init, then layer j from the middle times alpha^j",
           paper="Li, George & Silva 2024, arXiv 2407.19044")
 def emergence(model: nn.Module, **settings: Any) -> None:
     """Re-initialize (or keep) every Linear/Conv weight of `model` and scale it by alpha^j."""

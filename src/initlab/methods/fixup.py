@@ -74,7 +74,8 @@ def find_classifier(model: nn.Module, name: Optional[str], inside: set[int]) -> 
     return linears[-1]
 
 
-@register("fixup", description="zero each residual branch's last layer and the classifier, "
+@register("fixup", config=FixupConfig,
+          description="zero each residual branch's last layer and the classifier, "
           "He-init the rest scaled by L^(-1/(2m-2))", paper="Zhang, Dauphin & Ma, ICLR 2019")
 def fixup(model: nn.Module, **settings: Any) -> None:
     """Initialize the marked residual branches and the classifier of `model` with Fixup.

@@ -8,12 +8,15 @@ std `s` of the layer's output, W <- W / s, until |s - 1| < tol or `max_tries` is
 Where initlab departs from the authors' code, and why:
 - Each try draws the next batch from `data` (the authors' Caffe code advances its data layer
   the same way); the forward stops at the measured layer, so a try costs a partial forward.
+  Batches of inputs alone work (a tensor, `(inputs,)`, a dict of keyword inputs): without a
+  `loss_fn` LSUV only runs the model forward.
 - The output std is measured on the layer's first call in a forward (a layer reused later in
   the same forward is measured where it is first used). Layers never called as modules (e.g.
   the output projection inside `nn.MultiheadAttention`) keep their pre-init, with a warning.
 - Batch-norm layers normalize with batch statistics and never update their running statistics;
   dropout is off. The model is never edited during the search: it runs through `functional_call`
-  and is written once at the end, after a last full forward checks the loss is finite.
+  and is written once at the end, after a last full forward checks the outputs (or the
+  loss, with a `loss_fn`) are finite and measures each layer's output std once more.
 - A layer whose output std is 0 or non-finite stops the method with an error (the authors
   divide by s + 1e-8 and go on).
 """
@@ -30,10 +33,10 @@ from torch import nn
 from ..core.batches import BatchStream
 from ..core.checks import integer, positive
 from ..core.finish import finish, unchanged_on_error
-from ..core.loss import LossFn, Substituted, checked_loss, default_loss
+from ..core.loss import LossFn, Substituted, checked_loss, forward, output_tensors
 from ..core.modes import search_mode, write_params
 from ..core.params import trainable_params
-from ..core.report import InitReport
+from ..core.report import InitReport, LayerReport
 from ..core.rules import draw, generator, weighted_layers
 from ..registry import register
 
@@ -74,16 +77,20 @@ class _Stop(Exception):
 
 
 class _Probe:
-    """A forward hook on every layer: records the forward order, or grabs one layer's output."""
+    """A forward hook on every layer: records the forward order, grabs one layer's output, or
+    (`stds` set) records every layer's output std at its first call."""
 
     def __init__(self, layers: list[nn.Module]):
         self.order: list[nn.Module] = []
         self.target: Optional[nn.Module] = None
         self.output: Optional[torch.Tensor] = None
+        self.stds: Optional[dict[int, float]] = None
         self.handles = [m.register_forward_hook(self._hook) for m in layers]
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.target is None:
+        if self.stds is not None:
+            self.stds.setdefault(id(module), output.detach().float().std().item())
+        elif self.target is None:
             if all(m is not module for m in self.order):
                 self.order.append(module)
         elif module is self.target:
@@ -99,7 +106,7 @@ def _orthonormal(weight: torch.Tensor, gen: Optional[torch.Generator]) -> torch.
     return draw(weight, torch.nn.init.orthogonal_, gen)
 
 
-@register("lsuv", needs_data=True,
+@register("lsuv", config=LSUVConfig, needs_data=True,
           description="orthonormal init, then scale each layer to unit output std in forward order",
           paper="Mishkin & Matas, ICLR 2016")
 def lsuv(
@@ -114,17 +121,20 @@ def lsuv(
     Args:
         model: any `nn.Module`; written once at the end, left bitwise unchanged (with its modes
             and buffers) on any error.
-        data: an iterable of batches, one drawn per try (re-iterated when exhausted).
-        loss_fn: `(model, batch) -> scalar`, used to run the model on a batch (the forward is
-            cut short at the measured layer) and once on the finished model, whose loss must
-            be finite. Default: cross-entropy / `model(**batch).loss`.
+        data: an iterable of batches, one drawn per try (re-iterated when exhausted): inputs
+            alone (a tensor, `(inputs,)`, a dict of keyword inputs) or `(inputs, targets)`.
+        loss_fn: optional `(model, batch) -> scalar`, used to run the model on a batch (the
+            forward is cut short at the measured layer) and once on the finished model, whose
+            loss must be finite. Default: the model's forward on the batch's inputs
+            (`core.loss.forward`), whose outputs must be finite.
         **settings: fields of `LSUVConfig` (target_std, tol, max_tries, orthonormal, seed).
 
     Returns:
-        an `InitReport` with one history entry per layer (tries, the first and last measured
-        output std, each before its rescaling, and the total factor). With `orthonormal=False`
-        its scales replay the rescaling with `initlab.apply`; after an orthonormal pre-init
-        there are no scales to replay.
+        a `LayerReport` with one history entry per layer in forward order: tries, the output
+        std after the pre-init (`std_first`) and when last measured before the last rescaling
+        (`std_last`), on the finished model (`std_after`, one more batch), and the total factor.
+        With `orthonormal=False` its scales replay the rescaling with `initlab.apply`; after an
+        orthonormal pre-init `apply` refuses it (there are no scales to replay).
     """
     cfg = LSUVConfig(**settings)
     cfg.validate()
@@ -145,14 +155,14 @@ def lsuv(
                 values[index[id(m.bias)]] = torch.zeros_like(m.bias)
                 touched.add(index[id(m.bias)])
         touched.add(index[id(m.weight)])
-    loss_fn = loss_fn or default_loss
+    run_model = loss_fn or forward
     stream = BatchStream(data, device=specs[0].param.device)
     probe = _Probe(layers)
     history: list[dict[str, Any]] = []
     where = "before the first layer"
 
     def run(batch: Any) -> None:
-        loss_fn(Substituted(model, dict(zip(names, (values[n] for n in names)))), batch)
+        run_model(Substituted(model, dict(zip(names, (values[n] for n in names)))), batch)
 
     try:
         with unchanged_on_error("lsuv", lambda: where):
@@ -193,11 +203,10 @@ def lsuv(
                     history.append(dict(layer=name, tries=tries, std_first=first, std_last=s,
                                         factor=factor))
                     log.debug("lsuv: %s std %.4g, last measured %.4g, %d tries", name, first, s, tries)
-                probe.target, where = None, "on the finished model"
-                with torch.enable_grad():  # checked_loss wants a loss that depends on the tensors
-                    leaves = {n: values[n].detach().requires_grad_() for n in names}
-                    checked_loss(loss_fn, Substituted(model, leaves), stream.next(),
-                                 "loss of the initialized model")
+                probe.target, probe.stds, where = None, {}, "on the finished model"
+                _check_finished(model, names, values, loss_fn, stream.next())
+                for h in history:
+                    h["std_after"] = probe.stds.get(id(model.get_submodule(h["layer"])))
             write_params([s.param for s in specs if s.name in touched],
                          [values[s.name] for s in specs if s.name in touched])
     finally:
@@ -205,4 +214,17 @@ def lsuv(
     scales = {} if cfg.orthonormal else {
         index[id(model.get_submodule(h["layer"]).weight)]: h["factor"] for h in history}
     return finish(model, "lsuv", settings=asdict(cfg), history=history, scales=scales,
-                  specs=specs)
+                  specs=specs, report=LayerReport)
+
+
+def _check_finished(model: nn.Module, names: list[str], values: dict[str, torch.Tensor],
+                    loss_fn: Optional[LossFn], batch: Any) -> None:
+    """One full forward of the finished values: a finite loss (with `loss_fn`) or outputs."""
+    if loss_fn is not None:
+        with torch.enable_grad():  # checked_loss wants a loss that depends on the tensors
+            leaves = {n: values[n].detach().requires_grad_() for n in names}
+            checked_loss(loss_fn, Substituted(model, leaves), batch, "loss of the initialized model")
+        return
+    out = forward(Substituted(model, {n: values[n] for n in names}), batch)
+    if not all(bool(torch.isfinite(t).all()) for t in output_tensors(out)):
+        raise FloatingPointError("non-finite output of the initialized model")

@@ -106,7 +106,7 @@ class _RandomBatches:
         return x.to(self.device), y.to(self.device)
 
 
-@register("metainit", needs_data=True,
+@register("metainit", config=MetaInitConfig, needs_data=True,
           description="tune weight norms by sign-momentum to minimize the gradient quotient",
           paper="Dauphin & Schoenholz, NeurIPS 2019")
 def metainit(
@@ -132,13 +132,17 @@ def metainit(
         **settings: fields of `MetaInitConfig` (lr, momentum, steps, eps, data_free, ...).
 
     Returns:
-        an `InitReport`: scales = final |W| / |W0| of the tuned tensors, history of GQ and loss.
+        a `ScalesReport`: scales = final |W| / |W0| of the tuned tensors, history of the
+        gradient quotient and the loss per step (`summary()` and `plot()` show both).
     """
     cfg = MetaInitConfig(**settings)
+    if data is not None and cfg.data_free:
+        raise ValueError("metainit got both data= and data_free=True: with data, drop "
+                         "data_free=True; for the paper's random inputs, pass data=None")
+    if data is None and not cfg.data_free:
+        raise ValueError("metainit needs data=<iterable of batches>, or data_free=True with "
+                         "input_shape=(batch, ...) and num_classes= for random inputs")
     cfg.validate()
-    if (data is None) != cfg.data_free:
-        raise ValueError("pass data=<iterable of batches>, or data=None with data_free=True "
-                         "(and input_shape=, num_classes=), not both or neither")
     specs = trainable_params(model)
     mask = select_params(specs, params, exclude)
     tuned = [m and s.param.dim() >= 2 and bool(s.param.detach().abs().sum() > 0)

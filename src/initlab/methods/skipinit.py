@@ -39,7 +39,8 @@ class SkipInitConfig:
                 f"residual branches, got {self.value!r}")
 
 
-@register("skipinit", description="a learnable scalar per residual branch, initialized to 0",
+@register("skipinit", config=SkipInitConfig,
+          description="a learnable scalar per residual branch, initialized to 0",
           paper="De & Smith, NeurIPS 2020")
 def skipinit(model: nn.Module, **settings: Any) -> None:
     """Set every marked residual branch's scalar multiplier to `value` (default 0).

@@ -108,7 +108,8 @@ def _embedding_roles(model: nn.Module, cfg: TFixupConfig) -> dict[str, str]:
     return roles
 
 
-@register("tfixup", description="Transformer init without warmup: Xavier, depth-scaled value/"
+@register("tfixup", config=TFixupConfig,
+          description="Transformer init without warmup: Xavier, depth-scaled value/"
           "output/FFN weights and embeddings", paper="Huang, Perez, Ba & Volkovs, ICML 2020")
 def tfixup(model: nn.Module, **settings: Any) -> None:
     """Initialize an encoder-decoder Transformer with T-Fixup, in place (model unchanged on error).

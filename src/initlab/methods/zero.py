@@ -69,7 +69,8 @@ def zero_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     return full.to(device=weight.device, dtype=weight.dtype)
 
 
-@register("zero", description="deterministic identity / Hadamard weights, no randomness",
+@register("zero", config=ZerOConfig,
+          description="deterministic identity / Hadamard weights, no randomness",
           paper="Zhao, Schäfer & Anandkumar 2021, arXiv 2110.12661")
 def zero(model: nn.Module, **settings: Any) -> None:
     """Set every Linear/Conv1d/2d/3d weight of `model` to ZerO's deterministic value."""

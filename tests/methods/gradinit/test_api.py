@@ -228,6 +228,25 @@ def test_selection_floors_and_caps():
     assert capped.scales["1.weight"] <= 1.01
 
 
+@pytest.mark.parametrize("faithful", [False, True])
+def test_min_scale_floor_binds_for_weights_not_biases(faithful):
+    """Constraint steps only (gamma ~ 0) drive the scales down; a floor of 0.3 must stop each
+    weight's scale exactly there, while biases (floor 0) may go lower."""
+    settings = dict(steps=30, scale_lr=0.5, gamma=1e-9, faithful=faithful)
+    torch.manual_seed(0)
+    free = initlab.gradinit(bn_net(), data(), min_scale=0.01, **settings)
+    assert free.scales["4.weight"] < 0.25 and free.scales["1.weight"] < 0.25  # would go below
+    torch.manual_seed(0)
+    model = bn_net()
+    before = state(model)
+    report = initlab.gradinit(model, data(), min_scale=0.3, **settings)
+    assert report.scales["4.weight"] == 0.3 and report.scales["1.weight"] == 0.3
+    assert report.scales["4.bias"] < 0.3                          # biases' floor is 0
+    assert min(report.scales.values()) >= 0.0
+    assert all(v >= 0.3 for k, v in report.scales.items() if not k.endswith("bias"))
+    torch.testing.assert_close(model[4].weight, 0.3 * before["4.weight"], rtol=1e-6, atol=0)
+
+
 def test_report_roundtrip_and_apply(tmp_path):
     torch.manual_seed(11)
     model = bn_net()

@@ -3,21 +3,22 @@
 Decoding is incremental: each decoder layer keeps the inputs it has seen (B, t, d), and a new
 position attends to them directly, so a step costs one position instead of the whole prefix.
 For one new position this is exactly the causal full forward pass (the tests compare the two);
-it reads `nn.TransformerDecoderLayer`'s own sub-modules (self_attn, multihead_attn, linear1/2,
-norm1/2/3, activation, norm_first). Both functions run in eval mode and restore the mode.
+it reads the decoder layer's own sub-modules (self_attn, multihead_attn, linear1/2, norm1/2/3,
+activation, norm_first, and the residual sums self_sum, cross_sum, ffn_sum). Both functions
+run in eval mode and restore the mode.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
 from .data import BOS, EOS, PAD
+from .layers import DecoderLayer
 from .model import TranslationTransformer
 
 
-def _layer_step(layer: nn.TransformerDecoderLayer, x: torch.Tensor, seen: torch.Tensor,
+def _layer_step(layer: DecoderLayer, x: torch.Tensor, seen: torch.Tensor,
                 memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """One decoder layer for the newest position x (N, 1, d), given all its inputs `seen`
     (N, t, d, x last) -- no mask needed: the newest position may see every earlier one."""
@@ -31,13 +32,13 @@ def _layer_step(layer: nn.TransformerDecoderLayer, x: torch.Tensor, seen: torch.
     def ff(h: torch.Tensor) -> torch.Tensor:
         return layer.linear2(layer.activation(layer.linear1(h)))
 
-    if layer.norm_first:   # Pre-LN: x + f(norm(x))
-        x = x + sa(layer.norm1(x), layer.norm1(seen))
-        x = x + ca(layer.norm2(x))
-        return x + ff(layer.norm3(x))
-    x = layer.norm1(x + sa(x, seen))  # Post-LN: norm(x + f(x))
-    x = layer.norm2(x + ca(x))
-    return layer.norm3(x + ff(x))
+    if layer.norm_first:   # Pre-LN: m x + f(norm(x))
+        x = layer.self_sum(x, sa(layer.norm1(x), layer.norm1(seen)))
+        x = layer.cross_sum(x, ca(layer.norm2(x)))
+        return layer.ffn_sum(x, ff(layer.norm3(x)))
+    x = layer.norm1(layer.self_sum(x, sa(x, seen)))  # Post-LN: norm(m x + f(x))
+    x = layer.norm2(layer.cross_sum(x, ca(x)))
+    return layer.norm3(layer.ffn_sum(x, ff(x)))
 
 
 class IncrementalDecoder:

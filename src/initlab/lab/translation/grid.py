@@ -1,21 +1,15 @@
-"""The no-warmup study of the GradInit paper (§4.3, Fig. 1) on English->Spanish Bible verses.
+"""The no-warmup study of the GradInit paper (Sec. 4.3, Fig. 1) on English->Spanish Bible verses.
 
 A Post-LN encoder-decoder Transformer trained for a fixed number of updates, without warmup,
 over a grid of optimizer settings (Adam over learning rates; SGD over learning rates x
-momenta), after each initialization method:
-
-- `default`: the standard Transformer init (Xavier), no warmup;
-- `warmup`: the same init *with* linear warmup (the reference the paper's methods try to match);
-- `tfixup`: T-Fixup (Huang et al., ICML 2020), no warmup;
-- `gradinit`: GradInit with the authors' Transformer recipe (`TRANSFORMER_RECIPE`: Adam target,
-  eta 1e-3, gamma 1000), no warmup -- one search, used for every cell;
-- `gradinit-sgd`: GradInit for an SGD target at the cell's learning rate (SGD cells only; where
-  it is chosen, SGD cells do not also run the Adam-target `gradinit`).
+momenta), after each initialization method (`inits.py`: default, warmup, gradinit-authors,
+gradinit, tfixup, admin, deepnet), under a training protocol from `initlab.lab.recipes`
+(`recipe.py`: `lab-mt`, the default, or `authors-mt`), for one or more seeds.
 
 Every finished cell is stored as its own JSON under `<out>/cells/`, and initialized weights
 under `<out>/inits/`, so an interrupted grid resumes where it stopped; several processes on one
 machine can fill the same grid (each claims a cell before running it); `--report-only` rebuilds
-the table and the heatmap from the stored cells.
+the table and the heatmaps from the stored cells.
 """
 from __future__ import annotations
 
@@ -23,21 +17,19 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import torch
 
-from ...methods.gradinit import TRANSFORMER_RECIPE
-from ...registry import initialize
 from ..store import claim, write_atomic
 from .data import TokenBatches, TranslationData, load_translation_data
+from .inits import DEFAULT_METHODS, METHODS, apply_method, init_key, runs_in
 from .model import TransformerConfig, TranslationTransformer
-from .training import Seq2SeqConfig, bleu, seq2seq_loss, train_seq2seq, translate
+from .recipe import mt_settings
+from .training import Seq2SeqConfig, bleu, train_seq2seq, translate
 
 log = logging.getLogger(__name__)
-METHODS = ("default", "warmup", "tfixup", "gradinit", "gradinit-sgd")
 
 
 @dataclass
@@ -45,12 +37,13 @@ class GridConfig:
     adam_lrs: list[float] = field(default_factory=lambda: [2.5e-4, 5e-4, 1e-3, 2e-3])
     sgd_lrs: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     momenta: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    recipe: str = "lab-mt"            # the training protocol, a translation recipe (recipe.py)
     layers: int = 6                   # encoder and decoder layers each
     d_model: int = 128
     nhead: int = 4
     ffn: int = 512
-    dropout: float = 0.1
+    dropout: Optional[float] = None   # None: the recipe's
     norm: str = "post"
     max_words: int = 16
     vocab_size: int = 4000
@@ -61,7 +54,9 @@ class GridConfig:
     gradinit_steps: int = 780         # the authors' recipe (one epoch of IWSLT'14)
     gradinit_sgd_steps: int = 200     # the SGD-target variant: one search per learning rate
     beam: int = 1
-    seed: int = 0
+    stop_stalled: Optional[float] = None  # stop runs still stalled after this fraction
+    seed: int = 0                     # the first seed
+    seeds: int = 1                    # seeds seed, seed + 1, ...
     device: str = "cpu"
     data_dir: str | None = None
 
@@ -69,43 +64,71 @@ class GridConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown grid methods {sorted(unknown)}; choose from {METHODS}")
-        if not (self.adam_lrs or self.sgd_lrs) or self.layers < 1 or self.steps < 1:
-            raise ValueError("the grid needs at least one learning rate, layers >= 1, steps >= 1")
+        mt_settings(self.recipe, "adam")   # a translation recipe, or a clear error
+        if not (self.adam_lrs or self.sgd_lrs) or min(self.layers, self.steps, self.seeds) < 1:
+            raise ValueError("the grid needs at least one learning rate, and layers, steps and "
+                             "seeds >= 1")
 
 
-def cells(cfg: GridConfig) -> list[tuple[str, float, float | None, str]]:
-    """(optimizer, lr, momentum, method) for every cell, Adam first, methods innermost.
-    SGD cells get `gradinit` (the Adam-target recipe) only when `gradinit-sgd` is not chosen."""
-    sgd_methods = [m for m in cfg.methods if m != "gradinit" or "gradinit-sgd" not in cfg.methods]
+class Cell(NamedTuple):
+    optimizer: str
+    lr: float
+    momentum: Optional[float]
+    method: str
+    seed: int = 0
+
+
+def cells(cfg: GridConfig) -> list[Cell]:
+    """Every cell, seed by seed; within a seed Adam first, methods innermost. Adam cells skip
+    the SGD-only methods and SGD cells the Adam-only ones (`inits.runs_in`)."""
     out = []
-    for lr in cfg.adam_lrs:
-        out += [("adam", lr, None, m) for m in cfg.methods if m != "gradinit-sgd"]
-    for mom in cfg.momenta:
-        for lr in cfg.sgd_lrs:
-            out += [("sgd", lr, mom, m) for m in sgd_methods]
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for lr in cfg.adam_lrs:
+            out += [Cell("adam", lr, None, m, seed) for m in cfg.methods if runs_in(m, "adam")]
+        for mom in cfg.momenta:
+            for lr in cfg.sgd_lrs:
+                out += [Cell("sgd", lr, mom, m, seed) for m in cfg.methods if runs_in(m, "sgd")]
     return out
 
 
-def cell_name(opt: str, lr: float, mom: float | None, method: str) -> str:
-    return f"{opt}-lr{lr:g}" + (f"-m{mom:g}" if mom is not None else "") + f"-{method}"
+def cell_name(opt: str, lr: float, mom: float | None, method: str, seed: int = 0) -> str:
+    return (f"{opt}-lr{lr:g}" + (f"-m{mom:g}" if mom is not None else "") + f"-{method}"
+            + (f"-seed{seed}" if seed else ""))
 
 
-def build(cfg: GridConfig, vocab_size: int) -> TranslationTransformer:
-    torch.manual_seed(cfg.seed)  # the same constructor draws for every method and cell
-    tcfg = TransformerConfig(vocab_size, d_model=cfg.d_model, nhead=cfg.nhead, ffn=cfg.ffn,
-                             encoder_layers=cfg.layers, decoder_layers=cfg.layers,
-                             dropout=cfg.dropout, norm=cfg.norm)
-    return TranslationTransformer(tcfg, device=cfg.device)
+def model_config(cfg: GridConfig, vocab_size: int) -> TransformerConfig:
+    """The recipe's `transformer.*` settings, the grid's size (and `--dropout`, if given)."""
+    settings = mt_settings(cfg.recipe, "adam")["transformer"]
+    if cfg.dropout is not None:
+        settings["dropout"] = cfg.dropout
+    return TransformerConfig(vocab_size, **dict(
+        settings, d_model=cfg.d_model, nhead=cfg.nhead, ffn=cfg.ffn, encoder_layers=cfg.layers,
+        decoder_layers=cfg.layers, norm=cfg.norm))
 
 
-def initialized(cfg: GridConfig, data: TranslationData, method: str, lr: float,
+def train_config(cfg: GridConfig, cell: Cell) -> Seq2SeqConfig:
+    """The recipe's `seq2seq.*` settings for the cell's optimizer, and the cell's own."""
+    settings = mt_settings(cfg.recipe, cell.optimizer)["seq2seq"]
+    return Seq2SeqConfig(**dict(
+        settings, optimizer=cell.optimizer, lr=cell.lr, momentum=cell.momentum or 0.0,
+        steps=cfg.steps, warmup=cfg.warmup if cell.method == "warmup" else 0,
+        decay_start=cfg.warmup, eval_every=cfg.eval_every, stop_stalled=cfg.stop_stalled,
+        device=cfg.device))
+
+
+def build(cfg: GridConfig, vocab_size: int, seed: Optional[int] = None) -> TranslationTransformer:
+    torch.manual_seed(cfg.seed if seed is None else seed)  # the same draws for every method
+    return TranslationTransformer(model_config(cfg, vocab_size), device=cfg.device)
+
+
+def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
                 out: Path) -> tuple[TranslationTransformer, float]:
-    """The model after `method` (cached as a state dict), and the seconds the init took."""
-    model = build(cfg, data.vocab_size)
-    if method in ("default", "warmup"):
+    """The model after the cell's method (cached as a state dict), and the seconds it took."""
+    model = build(cfg, data.vocab_size, cell.seed)
+    key = init_key(cell.method, cell.optimizer, cell.lr, cell.seed,
+                   gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps)
+    if key is None:
         return model, 0.0
-    key = {"tfixup": "tfixup", "gradinit": f"gradinit-s{cfg.gradinit_steps}",
-           "gradinit-sgd": f"gradinit-sgd-lr{lr:g}-s{cfg.gradinit_sgd_steps}"}[method]
     path = out / "inits" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() and not claim(path):
@@ -116,16 +139,11 @@ def initialized(cfg: GridConfig, data: TranslationData, method: str, lr: float,
         return model, saved["seconds"]
     start = time.perf_counter()
     try:
-        if method == "tfixup":
-            initialize(model, "tfixup", seed=cfg.seed)
-        else:
-            settings = dict(TRANSFORMER_RECIPE, steps=cfg.gradinit_steps, batching="split")
-            if method == "gradinit-sgd":
-                settings.update(target="sgd", lr=lr, gamma=1.0, steps=cfg.gradinit_sgd_steps)
-            batches = TokenBatches(data.src["train"], data.tgt["train"], cfg.batch_size,
-                                   shuffle=True, seed=cfg.seed + 7919, device=cfg.device)
-            loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
-            initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **settings)
+        apply_method(model, cell.method, data, optimizer=cell.optimizer, lr=cell.lr,
+                     seed=cell.seed, batch_size=cfg.batch_size,
+                     label_smoothing=train_config(cfg, cell).label_smoothing,
+                     gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
+                     device=cfg.device)
         seconds = time.perf_counter() - start
         write_atomic(path, lambda tmp: torch.save({"state": model.state_dict(), "seconds": seconds},
                                             tmp))
@@ -134,28 +152,27 @@ def initialized(cfg: GridConfig, data: TranslationData, method: str, lr: float,
     return model, seconds
 
 
-def run_cell(cfg: GridConfig, data: TranslationData, cell: tuple, out: Path) -> dict[str, Any]:
-    opt, lr, mom, method = cell
-    model, init_seconds = initialized(cfg, data, method, lr, out)
-    train_cfg = Seq2SeqConfig(optimizer=opt, lr=lr, momentum=mom or 0.0, steps=cfg.steps,
-                              warmup=cfg.warmup if method == "warmup" else 0,
-                              decay_start=cfg.warmup, eval_every=cfg.eval_every,
-                              device=cfg.device)
+def run_cell(cfg: GridConfig, data: TranslationData, cell: Cell, out: Path) -> dict[str, Any]:
+    cell = Cell(*cell)
+    model, init_seconds = initialized(cfg, data, cell, out)
+    train_cfg = train_config(cfg, cell)
     train_b = TokenBatches(data.src["train"], data.tgt["train"], cfg.batch_size, shuffle=True,
-                           seed=cfg.seed, device=cfg.device)
+                           seed=cell.seed, device=cfg.device)
     valid_b = TokenBatches(data.src["valid"], data.tgt["valid"], 128, device=cfg.device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cell.seed)
     result = train_seq2seq(model, train_b, valid_b, train_cfg, vocab_size=data.vocab_size,
                            desc=cell_name(*cell))
     hyps, score = None, None
-    if not result.diverged:
+    if not result.diverged and result.stalled_step is None:
         start = time.perf_counter()
         hyps = translate(model, data.src["test"], data, beam=cfg.beam, device=cfg.device)
         score = bleu(hyps, [t[2] for t in data.text["test"]])
         log.info("%s: test BLEU %s (%.0f s decoding)", cell_name(*cell), score,
                  time.perf_counter() - start)
-    return dict(optimizer=opt, lr=lr, momentum=mom, method=method, init_seconds=init_seconds,
-                bleu=score, hypotheses=hyps, train=asdict(train_cfg), **result.to_dict())
+    return dict(optimizer=cell.optimizer, lr=cell.lr, momentum=cell.momentum, method=cell.method,
+                seed=cell.seed, recipe=cfg.recipe, init_seconds=init_seconds, bleu=score,
+                hypotheses=hyps, train=asdict(train_cfg), model=asdict(model.cfg),
+                **result.to_dict())
 
 
 def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = None) -> list[dict]:
@@ -164,8 +181,10 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     cfg.validate()
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(asdict(cfg), indent=1))
+    recipe = {opt: mt_settings(cfg.recipe, opt) for opt in ("adam", "sgd")}
     data = load_translation_data(cfg.data_dir, max_words=cfg.max_words, vocab_size=cfg.vocab_size)
+    (out / "grid.json").write_text(json.dumps(dict(  # the plateau: a context-free model's loss
+        asdict(cfg), recipe_settings=recipe, plateau=data.unigram_loss("valid")), indent=1))
     log.info("grid on %r: %d cells", data, len(cells(cfg)))
     start, waiting = time.perf_counter(), True
     while waiting:   # passes over the cells until none waits on an init another process computes

@@ -1,17 +1,20 @@
 """An encoder-decoder Transformer for translation (Vaswani et al., "Attention is all you need",
 NeurIPS 2017), with a Post-LN / Pre-LN switch (decoding: `decoding.py`).
 
-The layers are PyTorch's `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`
-(`norm_first=True` for Pre-LN), so methods written for `nn.Transformer` (T-Fixup) see them.
+The layers (`layers.py`) are PyTorch's `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`
+(`norm_first=True` for Pre-LN) with each residual sum an `initlab.ResidualSum` whose multiplier
+is 1 unless Admin or DeepNet sets it; methods written for `nn.Transformer` (T-Fixup) see them.
 Around them: token embeddings scaled by sqrt(d) plus sinusoidal positions, dropout, a final
 LayerNorm on each stack for Pre-LN only (Post-LN layers end in one already), and an output
 projection. `shared_embeddings=True` ties the source and target embeddings and the output
 projection into one tensor, the module `tgt_embed` (so T-Fixup gives it the decoder's factor, as in
-the paper's shared setting); otherwise `src_embed`, `tgt_embed` and `generator` are separate.
+the paper's shared setting); otherwise `src_embed` and `tgt_embed` are separate, and the output
+projection is `tgt_embed` with `tie_output=True` (fairseq's `--share-decoder-input-output-embed`),
+else its own `generator`.
 
 `reset_parameters` is the standard Transformer init (the registry's "default" for this model):
 Xavier-uniform for every matrix (fairseq and `nn.Transformer`), biases 0, embeddings N(0, d^-1/2)
-with the padding row 0, LayerNorm (1, 0).
+with the padding row 0, LayerNorm (1, 0), residual multipliers 1.
 
 Shapes: src (B, S), tgt_in (B, T) int64 ids with PAD = 0; logits (B, T, V).
 """
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.residual import ResidualSum
 from .data import PAD
+from .layers import DecoderLayer, EncoderLayer
 
 
 @dataclass
@@ -35,9 +41,12 @@ class TransformerConfig:
     ffn: int = 512
     encoder_layers: int = 6
     decoder_layers: int = 6
-    dropout: float = 0.1
+    dropout: float = 0.1             # embeddings and each sublayer's output
+    attention_dropout: Optional[float] = None   # on attention weights; None: `dropout`
+    activation_dropout: Optional[float] = None  # after the FFN's ReLU; None: `dropout`
     norm: str = "post"               # "post" (the original Transformer) or "pre"
     shared_embeddings: bool = True   # one tensor for src/tgt embeddings and output projection
+    tie_output: bool = False         # unshared only: the output projection is tgt_embed's tensor
     max_len: int = 256
 
     def validate(self) -> None:
@@ -46,8 +55,11 @@ class TransformerConfig:
         if self.d_model % self.nhead:
             raise ValueError(f"d_model={self.d_model} must be divisible by nhead={self.nhead}")
         if min(self.vocab_size, self.d_model, self.ffn, self.encoder_layers,
-               self.decoder_layers, self.max_len) < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("sizes and layer counts must be >= 1 and dropout in [0, 1)")
+               self.decoder_layers, self.max_len) < 1:
+            raise ValueError("sizes and layer counts must be >= 1")
+        for p in (self.dropout, self.attention_dropout, self.activation_dropout):
+            if p is not None and not 0 <= p < 1:
+                raise ValueError(f"dropout rates must lie in [0, 1), got {p!r}")
 
 
 def sinusoids(length: int, d: int) -> torch.Tensor:
@@ -73,14 +85,13 @@ class TranslationTransformer(nn.Module):
         self.src_embed = (None if cfg.shared_embeddings
                           else nn.Embedding(cfg.vocab_size, d, padding_idx=PAD, **kw))
         layer = dict(d_model=d, nhead=cfg.nhead, dim_feedforward=cfg.ffn, dropout=cfg.dropout,
-                     batch_first=True, norm_first=pre, **kw)
-        self.encoder = nn.ModuleList(nn.TransformerEncoderLayer(**layer)
-                                     for _ in range(cfg.encoder_layers))
-        self.decoder = nn.ModuleList(nn.TransformerDecoderLayer(**layer)
-                                     for _ in range(cfg.decoder_layers))
+                     attention_dropout=cfg.attention_dropout,
+                     activation_dropout=cfg.activation_dropout, norm_first=pre, **kw)
+        self.encoder = nn.ModuleList(EncoderLayer(**layer) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(**layer) for _ in range(cfg.decoder_layers))
         self.encoder_norm = nn.LayerNorm(d, **kw) if pre else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d, **kw) if pre else nn.Identity()
-        self.generator = (None if cfg.shared_embeddings
+        self.generator = (None if cfg.shared_embeddings or cfg.tie_output
                           else nn.Linear(d, cfg.vocab_size, bias=False, **kw))
         self.dropout = nn.Dropout(cfg.dropout)
         self.register_buffer("positions", sinusoids(cfg.max_len, d).to(device), persistent=False)
@@ -88,7 +99,11 @@ class TranslationTransformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Xavier-uniform matrices, zero biases, N(0, d^-1/2) embeddings (padding row 0)."""
+        """Xavier-uniform matrices, zero biases, N(0, d^-1/2) embeddings (padding row 0),
+        residual multipliers 1."""
+        for m in self.modules():
+            if isinstance(m, ResidualSum):
+                m.multiplier.fill_(1.0)
         for name, p in self.named_parameters():
             if "embed" in name:
                 nn.init.normal_(p, std=self.cfg.d_model ** -0.5)

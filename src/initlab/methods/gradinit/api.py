@@ -28,6 +28,7 @@ Where initlab departs from the authors' code, on both paths, and why:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict
 from typing import Any, Iterable, Optional
 
@@ -111,18 +112,23 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
     elif reason == "constraint never met" and search.is_main:
         log.warning("gradinit: the gradient norm stayed above gamma=%g in the last %d "
                     "iterations; the scales satisfy neither the bound nor the objective yet "
-                    "(raise steps, or gamma)", cfg.gamma, cfg.patience)
+                    "(raise steps, or gamma)", cfg.gamma, min(cfg.patience, len(history)))
     if cfg.guard:
         fallbacks = [("warm start", warm)] if cfg.warm_start else []
         found, outcome["guard"] = guarded(search, H, found, fallbacks)
-        if outcome["guard"]["fell_back_to"] and search.is_main:
+        if not math.isfinite(outcome["guard"]["start"]) and search.is_main and not math.isfinite(
+                outcome["guard"]["returned"]):
+            log.warning("gradinit: one step at lr=%g makes the loss non-finite from the start and "
+                        "from every result; that learning rate is too large for this model",
+                        cfg.lr)
+        elif outcome["guard"]["fell_back_to"] and search.is_main:
             log.warning("gradinit: one step from the searched scales did worse on a held-out "
                         "batch than from the start; returning the %s instead",
                         outcome["guard"]["fell_back_to"])
     return found, history, outcome
 
 
-@register("gradinit", needs_data=True,
+@register("gradinit", config=GradInitConfig, needs_data=True,
           description="learned per-tensor scales so one optimizer step helps most",
           paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
 def gradinit(
@@ -196,7 +202,7 @@ def gradinit(
                   scales={s.name: a for s, a, k in zip(specs, alpha.tolist(), scaled.tolist()) if k})
 
 
-@register("gradinit-authors", needs_data=True,
+@register("gradinit-authors", settings_of="gradinit", needs_data=True,
           description="GradInit exactly as the authors' code runs it (faithful=True)",
           paper="Zhu et al., NeurIPS 2021, arXiv 2102.08098")
 def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitReport:
@@ -207,7 +213,7 @@ def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitR
     return gradinit(model, data, **dict(settings, faithful=True))
 
 
-@register("gradinit-warmstart", needs_data=True,
+@register("gradinit-warmstart", settings_of="gradinit", needs_data=True,
           description="GradInit's warm start alone: each Linear/Conv layer's scale brings its "
                       "output to unit RMS on one batch (gradinit with steps=0, guard=False)",
           paper="Zhu et al., NeurIPS 2021 (parametrization); Mishkin & Matas, ICLR 2016 (target)")

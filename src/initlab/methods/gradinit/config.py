@@ -30,7 +30,9 @@ class GradInitConfig:
     scale_lr: Optional[float] = None  # faithful: tau of the scales' Adam (1e-2); default search:
     #                                   the first step on log-scales (0.1), halved on plateaus
     gamma: Optional[float] = None  # bound on the first gradient's norm (L2 sgd, L1 adam):
-    #                                1 (faithful, and the default search's sgd), 1000 (adam)
+    #                                1 (faithful, and the default search's sgd), 1000 (adam);
+    #                                inf: no constraint step ever (the authors' train_cifar.py
+    #                                default)
     normalize_grad: Optional[bool] = None  # sgd target: step along g/|g| (length exactly lr;
     #                                faithful) or g (the plain SGD step; default search)
     min_scale: float = 0.01        # floor for weights' scales (biases: 0)
@@ -71,8 +73,11 @@ class GradInitConfig:
         for name, value in positive.items():
             if value is None:
                 continue
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            ok = isinstance(value, (int, float)) and value > 0 and (
+                math.isfinite(value) or (name == "gamma" and value == math.inf))
+            if not ok:
+                what = "a positive number or inf" if name == "gamma" else "a positive finite number"
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         least = 1 if self.faithful or not self.warm_start else 0  # 0: the warm start alone
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < least):
             raise ValueError(f"steps must be an integer >= {least}, got {self.steps!r}")

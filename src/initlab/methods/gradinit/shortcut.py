@@ -21,7 +21,7 @@ with X and gZ tensors the graph already holds. So these layers run as `_Forward`
 builds gX through `_InputGrad`; both take alpha_i as an input and, in the double backward, return
 exactly these terms as its gradient, while p_i is a plain leaf with no path to alpha. The double
 backward then computes no weight gradient and holds no extra tensor: 7 convolutions per layer
-instead of 9 (8 for a layer whose input needs no gradient, e.g. the first).
+instead of 9 (a layer whose input needs no gradient, e.g. the first, costs 5 on both routes).
 
 It is used only where it is exact: the tensor is the `weight` of modules of exactly these types
 (no subclass, no parametrization, no instance-level forward; convolutions with zero padding given

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import nn
 
-from .core.modes import restore_buffers, snapshot_buffers
+from ..core.modes import restore_buffers, snapshot_buffers
 
 if TYPE_CHECKING:
-    from .core.report import InitReport
+    from ..core.report import InitReport
 
 WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
@@ -53,7 +53,7 @@ def layer_moments(model: nn.Module, example_input: Any) -> dict[str, tuple[float
 def plot_autoinit(report: "InitReport", measured: dict[str, tuple[float, float]],
                   path: Optional[str | os.PathLike] = None):
     """Predicted (report.history) and measured output variance per initialized layer."""
-    from .core.plotting import pyplot
+    from ..core.plotting import pyplot
     plt = pyplot()
     rows = [h for h in report.history if h.get("output_var") is not None]
     names = [h["layer"] for h in rows]

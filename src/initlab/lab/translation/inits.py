@@ -1,0 +1,68 @@
+"""The grid's initialization methods, each applied to a freshly built model through the registry.
+
+- `default`: the standard Transformer init (Xavier, the model's `reset_parameters`), no warmup;
+- `warmup`: the same init *with* linear warmup (the reference the other methods try to match);
+- `gradinit-authors`: the authors' GradInit (`faithful=True`) with their Transformer recipe
+  (`TRANSFORMER_RECIPE`: Adam target, eta 1e-3, gamma 1000, tau 2.5e-3, 780 iterations), one
+  search per seed used in every Adam cell (Adam cells only);
+- `gradinit`: initlab's default GradInit search for the cell's optimizer: an Adam target with
+  betas (0.9, 0.98) in Adam cells, an SGD target in SGD cells, at the cell's learning rate; the
+  search picks its own budget (one search per optimizer, rate and seed);
+- `tfixup` (Huang et al., ICML 2020), `admin` (Liu et al., EMNLP 2020; profiled on the first
+  training batch of the method's own batch order), `deepnet` (Wang et al., 2022);
+- `gradinit-sgd` (not in the default list): the authors' algorithm with an SGD target at the
+  cell's rate, gamma 1, `gradinit_sgd_steps` iterations (SGD cells only).
+
+`init_key` names the cached result (None: nothing to compute); `apply_method` computes it.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional
+
+from torch import nn
+
+from ...methods.gradinit import TRANSFORMER_RECIPE
+from ...registry import initialize
+from .data import TokenBatches, TranslationData
+from .training import seq2seq_loss
+
+METHODS = ("default", "warmup", "gradinit-authors", "gradinit", "tfixup", "admin", "deepnet",
+           "gradinit-sgd")
+DEFAULT_METHODS = METHODS[:-1]
+ADAM_ONLY, SGD_ONLY = ("gradinit-authors",), ("gradinit-sgd",)
+
+
+def runs_in(method: str, optimizer: str) -> bool:
+    return method not in (SGD_ONLY if optimizer == "adam" else ADAM_ONLY)
+
+
+def init_key(method: str, optimizer: str, lr: float, seed: int, *, gradinit_steps: int,
+             gradinit_sgd_steps: int) -> Optional[str]:
+    """The name of the cached initialization a cell needs (None for `default` and `warmup`)."""
+    key = {"default": None, "warmup": None, "tfixup": "tfixup", "admin": "admin",
+           "deepnet": "deepnet", "gradinit-authors": f"gradinit-authors-s{gradinit_steps}",
+           "gradinit": f"gradinit-{optimizer}-lr{lr:g}",
+           "gradinit-sgd": f"gradinit-sgd-lr{lr:g}-s{gradinit_sgd_steps}"}[method]
+    return None if key is None else key + (f"-seed{seed}" if seed else "")
+
+
+def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimizer: str,
+                 lr: float, seed: int, batch_size: int, label_smoothing: float,
+                 gradinit_steps: int, gradinit_sgd_steps: int, device: str) -> Any:
+    """Initialize `model` in place with `method` for a cell of this optimizer and rate."""
+    if method in ("tfixup", "deepnet"):
+        return initialize(model, method, seed=seed)
+    batches = TokenBatches(data.src["train"], data.tgt["train"], batch_size, shuffle=True,
+                           seed=seed + 7919, device=device)
+    loss_fn = partial(seq2seq_loss, label_smoothing=label_smoothing)
+    if method == "admin":
+        return initialize(model, "admin", data=batches, loss_fn=loss_fn)
+    if method == "gradinit":
+        target = (dict(target="adam", lr=lr, betas=(0.9, 0.98)) if optimizer == "adam"
+                  else dict(target="sgd", lr=lr))
+        return initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **target)
+    settings = dict(TRANSFORMER_RECIPE, steps=gradinit_steps, batching="split")
+    if method == "gradinit-sgd":
+        settings.update(target="sgd", lr=lr, gamma=1.0, steps=gradinit_sgd_steps)
+    return initialize(model, "gradinit-authors", data=batches, loss_fn=loss_fn, **settings)
