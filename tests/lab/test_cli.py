@@ -117,10 +117,14 @@ def test_help_shows_every_default(capsys):
         cli.main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("(default: digits)", "(default: vgg)", "(default: default,gradinit)",
-                  "(default: 10)", "(default: 3)", "(default: 0.1)", "(default: 0.0005)",
-                  "(default: cosine)", "(default: 128)", "(default: runs/compare)",
-                  "(default: cpu)", "(default: relu)"):
+                  "(default: 3)", "(default: runs/compare)", "(default: cpu)", "(default: relu)",
+                  "(default: lab-default)"):
         assert shown in text, shown
+    # options a recipe sets are unset (None) by default and name lab-default's value
+    text = text.replace("lab- default", "lab-default")  # argparse wraps at the hyphen
+    for shown in ("lab-default: 10)", "lab-default: 0.1)", "lab-default: 0.0005)",
+                  "lab-default: cosine)", "lab-default: 128)", "lab-default: None)"):
+        assert f"(None: the recipe's; {shown} (default: None)" in text, shown
     parser = cli.parser()._subparsers._group_actions[0].choices["compare"]
     missing = [a.dest for a in parser._actions if a.dest != "help" and not a.help]
     assert not missing, f"options without help (their default is not shown): {missing}"

@@ -13,7 +13,9 @@ import torch
 
 from helpers.translation import V, copy_task, fake_corpus
 from initlab.lab import cli
+from initlab.lab.recipes import recipe
 from initlab.lab.translation import grid as translation_grid
+from initlab.lab.translation.recipe import mt_recipes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,9 +62,12 @@ def test_authors_recipe_through_the_command_line(tmp_path, monkeypatch, capsys):
     assert (out / "heatmaps.png").is_file() and (out / "curves.png").is_file()
 
 
-def test_unknown_recipe_is_refused():
-    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
-        translation_grid.GridConfig(recipe="nope").validate()
+def test_recipes_are_registered_and_others_refused():
+    assert recipe("authors-mt").resolve(optimizer="adam")["seq2seq.weight_decay"] == 1e-4
+    assert mt_recipes()[:2] == ["lab-mt", "authors-mt"]
+    for name in ("nope", "authors-cnn"):     # unknown, or not a translation recipe
+        with pytest.raises(ValueError, match="not a translation recipe; choose from lab-mt"):
+            translation_grid.GridConfig(recipe=name).validate()
 
 
 TINY = ["--adam-lrs", "0.001", "--sgd-lrs", "", "--momenta", "", "--methods", "default,warmup",

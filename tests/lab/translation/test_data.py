@@ -1,4 +1,5 @@
 """The Bible verse-pair corpus: parsing real diatheke output, alignment, splits, tokenizer, batches."""
+import math
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from initlab.lab.translation.data import (
     PAD,
     SPLITS,
     TokenBatches,
+    TranslationData,
     align,
     clean_verse,
     export_module,
@@ -104,3 +106,15 @@ def test_token_batches_pad_and_frame_the_sentences():
     shuffled = TokenBatches(src, tgt, 2, shuffle=True, seed=3)
     seen = sorted(x for s, _ in shuffled for row in s.tolist() for x in row if x > EOS)
     assert seen == [5, 6, 7, 8, 9, 10] and len(shuffled) == 2
+
+
+def test_unigram_loss_is_the_context_free_cross_entropy():
+    pieces = ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c"]
+    t = torch.tensor
+    data = TranslationData(src={s: [] for s in ("train", "valid", "test")},
+                           tgt={"train": [t([4, 4, 5]), t([4])], "valid": [t([5, 6])], "test": []},
+                           text={}, pieces=pieces)
+    # training counts + 1 each: pad 1, unk 1, bos 1, eos 1 + 2, a 3 + 1, b 1 + 1, c 1; total 13
+    p = {"b": 2 / 13, "c": 1 / 13, "eos": 3 / 13}
+    expected = -(math.log(p["b"]) + math.log(p["c"]) + math.log(p["eos"])) / 3
+    assert data.unigram_loss("valid") == pytest.approx(expected, rel=1e-12)

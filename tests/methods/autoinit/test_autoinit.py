@@ -11,7 +11,7 @@ from torch import nn
 import initlab
 from helpers.methods import assert_same, bn_dropout_mlp, snapshot
 from initlab.core.graph import TraceError
-from initlab.diagnose import layer_moments, plot_autoinit
+from initlab.diagnostics import layer_moments, plot_autoinit
 from initlab.methods.autoinit_maps import moments, quadrature
 
 

@@ -1,7 +1,7 @@
 """Before and after: diagnoses of one architecture side by side, and a method tried on a copy.
 
-    c = initlab.diagnose.compare(before, after)            # two Diagnosis of one architecture
-    c = initlab.diagnose.compare_method(model, data, "gradinit", lr=0.1)   # model untouched
+    c = initlab.diagnostics.compare(before, after)            # two Diagnosis of one architecture
+    c = initlab.diagnostics.compare_method(model, data, "gradinit", lr=0.1)   # model untouched
     print(c.summary()); c.plot("before-after.png")
 """
 from __future__ import annotations
