@@ -1,0 +1,287 @@
+"""Mutation testing of initlab's tests (`make mutate`; not part of CI).
+
+cosmic-ray mutates one source file at a time (one operator at one place per mutant); each mutant
+runs only the tests that execute the mutated lines, fastest first, stopping at the first failure.
+Which tests execute which line comes from one coverage.py run of the suite with a context per test.
+
+    python scripts/mutate.py                          # the files in FILES, resuming
+    python scripts/mutate.py methods/lsuv.py          # chosen files, relative to src/initlab/
+    python scripts/mutate.py --report                 # scores and survivors, nothing run
+
+Everything lives under runs/mutate/ (git-ignored): a copy of src/ and tests/ that cosmic-ray
+mutates (the checkout is never touched), the coverage map, one cosmic-ray session per file
+(`cr-report runs/mutate/sessions/<file>.sqlite` reads it) and the survivors' diffs. Stopped at any
+point, the next run resumes: a session is kept while its file is unchanged, and when the tests
+change only the surviving mutants run again. Mutants inside type annotations are skipped: with
+`from __future__ import annotations` they are never evaluated, so they are equivalent by
+construction.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "runs" / "mutate"
+TREE = WORK / "tree"
+FILES = ["methods/fixup.py", "methods/skipinit.py", "methods/zero.py", "methods/tfixup.py",
+         "methods/emergence.py", "methods/classic.py", "methods/gradinit/search.py",
+         "methods/gradinit/scale_adam.py"]
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header"]
+#: The tests that may kill a mutant: the library's own unit tests (the lab's and the
+#: integrations' tests run the methods too, but slowly, and mostly in other processes).
+MAP_TESTS = ["tests/methods", "tests/core", "tests/test_registry.py"]
+
+
+def fingerprint() -> str:
+    """What the coverage map depends on: every source and test file of the copied tree, the
+    pytest settings and the tests it runs."""
+    h = hashlib.sha256(",".join(MAP_TESTS).encode())
+    for p in sorted([p for d in ("src", "tests") for p in (TREE / d).rglob("*.py")]
+                    + [TREE / "pyproject.toml"]):
+        h.update(str(p.relative_to(TREE)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fresh_tree() -> None:
+    """src/, tests/ and pyproject.toml copied anew (a killed run may have left a mutant)."""
+    shutil.rmtree(TREE, ignore_errors=True)
+    for name in ("src", "tests"):
+        shutil.copytree(ROOT / name, TREE / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", TREE / "pyproject.toml")
+
+
+def tree_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(TREE / "src"), OMP_NUM_THREADS="1")
+
+
+# ---- the coverage map: line -> the tests that execute it ----------------------------------------
+
+def coverage_map() -> dict:
+    path, key = WORK / "coverage.json", fingerprint()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["fingerprint"] == key:
+            return saved
+    print("mapping lines to tests (one run of the suite under coverage)...", flush=True)
+    start = time.time()
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--map-into", str(path)],
+                   cwd=TREE, env=tree_env(), check=True)
+    saved = json.loads(path.read_text())
+    saved["fingerprint"] = key
+    path.write_text(json.dumps(saved))
+    print(f"mapped in {time.time() - start:.0f} s", flush=True)
+    return saved
+
+
+def map_into(out: Path) -> None:
+    """In the copied tree: run the suite with one coverage context per test; write the map."""
+    import coverage
+    import pytest
+
+    cov = coverage.Coverage(data_file=None, include=[str(TREE / "src" / "*")])
+    durations: dict[str, float] = {}
+
+    class PerTest:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_protocol(self, item, nextitem):
+            cov.switch_context(item.nodeid)
+            yield
+            cov.switch_context("")
+
+        def pytest_runtest_logreport(self, report):
+            durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration
+
+    cov.start()
+    pytest.main(["-q", "-p", "no:cacheprovider", *MAP_TESTS], plugins=[PerTest()])
+    cov.stop()
+    data = cov.get_data()
+    lines = {}
+    for f in data.measured_files():
+        rel = str(Path(f).relative_to(TREE))
+        lines[rel] = {n: sorted(c for c in ctx if c) for n, ctx in data.contexts_by_lineno(f).items()}
+    out.write_text(json.dumps(dict(lines=lines, durations=durations)))
+
+
+def covering_tests(cmap: dict, rel: str, first: int, last: int) -> list[str]:
+    """Tests that execute any of lines first..last of `rel`, fastest first. Lines run only at
+    import (definitions, decorators, defaults) count as covered by every test of the file."""
+    per_line = cmap["lines"].get(rel, {})
+    tests = {t for n in range(first, last + 1) for t in per_line.get(str(n), [])}
+    if not tests:
+        tests = {t for ts in per_line.values() for t in ts}
+    return sorted(tests, key=lambda t: (cmap["durations"].get(t, 0.0), t))
+
+
+# ---- one cosmic-ray session per file ----------------------------------------------------------------
+
+def annotation_lines(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every annotation, if they are never evaluated."""
+    tree = ast.parse(source)
+    lazy = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body)
+    if not lazy:
+        return []
+    spans = []
+    for node in ast.walk(tree):
+        notes = []
+        if isinstance(node, ast.arg):
+            notes = [node.annotation]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            notes = [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            notes = [node.annotation]
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset))
+                  for a in notes if a is not None]
+    return spans
+
+
+def session(rel: str, tests_key: str):
+    """The cosmic-ray work database of `rel` (src/initlab/...), created or brought up to date."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    name = rel.replace("/", ".").removeprefix("src.initlab.").removesuffix(".py")
+    folder = WORK / "sessions"
+    folder.mkdir(parents=True, exist_ok=True)
+    db_path, meta_path = folder / f"{name}.sqlite", folder / f"{name}.json"
+    source = (ROOT / rel).read_text()
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("source") != hashlib.sha256(source.encode()).hexdigest():
+        db_path.unlink(missing_ok=True)
+        config = folder / f"{name}.toml"
+        config.write_text(
+            f'[cosmic-ray]\nmodule-path = "{TREE / rel}"\ntimeout = 600.0\nexcluded-modules = []\n'
+            'test-command = "set per mutant by scripts/mutate.py"\n'
+            '[cosmic-ray.distributor]\nname = "local"\n')
+        subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(db_path)],
+                       check=True, cwd=TREE)
+        meta = dict(source=hashlib.sha256(source.encode()).hexdigest(), tests=tests_key)
+        spans = annotation_lines(source)
+        with use_db(str(db_path), WorkDB.Mode.open) as db:
+            for item in list(db.pending_work_items):
+                m = item.mutations[0]
+                if any(a <= tuple(m.start_pos) and tuple(m.end_pos) <= b for a, b in spans):
+                    db.set_result(item.job_id, WorkResult(
+                        worker_outcome=WorkerOutcome.SKIPPED,
+                        output="in an annotation that is never evaluated: equivalent"))
+    elif meta.get("tests") != tests_key:  # new tests may kill what survived: run those again
+        import sqlite3
+        with sqlite3.connect(db_path) as con:
+            con.execute("DELETE FROM work_results WHERE test_outcome != 'KILLED' "
+                        "AND worker_outcome != 'SKIPPED'")
+        meta["tests"] = tests_key
+    meta_path.write_text(json.dumps(meta))
+    return db_path
+
+
+def run_file(rel: str, cmap: dict) -> None:
+    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    db_path = session(rel, cmap["fingerprint"])
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        pending = list(db.pending_work_items)
+        print(f"{rel}: {db.num_work_items} mutants, {len(pending)} to run", flush=True)
+        for k, item in enumerate(pending):
+            m = item.mutations[0]
+            tests = covering_tests(cmap, rel, m.start_pos[0], m.end_pos[0])
+            budget = sum(cmap["durations"].get(t, 1.0) for t in tests)
+            command = shlex.join([sys.executable, str(Path(__file__).resolve()), "--run-tests",
+                                  *tests])
+            start = time.time()
+            os.chdir(TREE)
+            try:
+                result = mutate_and_test(item.mutations, command, timeout=120 + 10 * budget)
+            finally:
+                os.chdir(ROOT)
+            db.set_result(item.job_id, result)
+            print(f"  {k + 1}/{len(pending)} line {m.start_pos[0]} {m.operator_name}: "
+                  f"{result.test_outcome} ({len(tests)} tests, {time.time() - start:.1f} s)",
+                  flush=True)
+
+
+def run_tests(tests: list[str]) -> int:
+    """The test command of one mutant (run by cosmic-ray in the tree, mutant in place)."""
+    if not tests:
+        print("no test executes the mutated lines")
+        return 0
+    rc = subprocess.run([sys.executable, *PYTEST, "-x", *tests], env=tree_env()).returncode
+    if rc in (4, 5):  # usage error / nothing collected: a fault of this script, not a kill
+        print(f"pytest exit {rc}: the tests were not run; counted as survived")
+        return 0
+    return rc
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+def report(files: list[str]) -> str:
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    rows = ["| file | mutants | killed | survived | skipped (equivalent) | pending | score |",
+            "|---|---|---|---|---|---|---|"]
+    for rel in files:
+        name = rel.replace("/", ".").removeprefix("src.initlab.").removesuffix(".py")
+        db_path = WORK / "sessions" / f"{name}.sqlite"
+        if not db_path.is_file():
+            continue
+        counts = dict(killed=0, survived=0, skipped=0)
+        survivors = []
+        with use_db(str(db_path), WorkDB.Mode.open) as db:
+            total = db.num_work_items
+            for _job_id, result in db.results:
+                if result.worker_outcome == "skipped":
+                    counts["skipped"] += 1
+                elif result.test_outcome == "survived":
+                    counts["survived"] += 1
+                    survivors.append(result.diff)
+                else:
+                    counts["killed"] += 1
+        done = counts["killed"] + counts["survived"]
+        pending = total - done - counts["skipped"]
+        score = f"{100 * counts['killed'] / done:.1f} %" if done else "-"
+        rows.append(f"| {rel.removeprefix('src/')} | {total} | {counts['killed']} | "
+                    f"{counts['survived']} | {counts['skipped']} | {pending} | {score} |")
+        (WORK / f"survivors-{name}.diff").write_text("\n".join(survivors))
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="*", help=f"paths under src/initlab/ (default: {' '.join(FILES)})")
+    p.add_argument("--report", action="store_true", help="print the scores only")
+    p.add_argument("--map-into", help=argparse.SUPPRESS)
+    p.add_argument("--run-tests", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.map_into:
+        map_into(Path(a.map_into))
+        return 0
+    if a.run_tests is not None:
+        return run_tests(a.run_tests)
+    files = [f"src/initlab/{f}" for f in (a.files or FILES)]
+    for rel in files:
+        if not (ROOT / rel).is_file():
+            p.error(f"no file {rel}")
+    if not a.report:
+        WORK.mkdir(parents=True, exist_ok=True)
+        fresh_tree()
+        cmap = coverage_map()
+        for rel in files:
+            run_file(rel, cmap)
+    table = report(files)
+    (WORK / "report.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
