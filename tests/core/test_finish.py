@@ -1,7 +1,8 @@
 """The ending every method shares: failures noted as leaving the model unchanged, a report built
 with the library's version, and the mark that makes `apply` refuse to scale twice; and, as a
 property of every registered method, a failure raised at a drawn point of its run (the loss,
-the data, a forward hook, a tensor write) leaves the model bitwise as it was."""
+the data, a forward hook, a tensor write, a `torch.nn.init` draw) leaves the model bitwise as
+it was."""
 import functools
 import sys
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def test_plain_settings_keeps_plain_values_and_reprs_the_rest():
 
 # ---- for every method: a failure at any point of its run leaves the model as it was --------------
 
-SITES = ("loss", "data", "forward", "write")
+SITES = ("loss", "data", "forward", "write", "init")
+INIT_FILLS = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
 
 
 class Ticking:
@@ -85,9 +87,9 @@ class Ticking:
 
 def attempt(name: str, site: str, at, exc=RuntimeError):
     """Run method `name` with calls at `site` counted, raising `exc` at call `at` (None: never):
-    the loss, the drawing of a batch, a forward hook on the first Linear, or any
-    `Tensor.copy_` (the way parameters are written). Returns (model, snapshot before, calls,
-    what was raised)."""
+    the loss, the drawing of a batch, a forward hook on the first Linear, any `Tensor.copy_`
+    (the way parameters are written), or any `torch.nn.init` fill (the way layers are drawn).
+    Returns (model, snapshot before, calls, what was raised)."""
     model = every_method.build(name)
     before = snapshot(model)
     calls = [0]
@@ -107,12 +109,18 @@ def attempt(name: str, site: str, at, exc=RuntimeError):
     elif site == "forward":
         first = next(m for m in model.modules() if isinstance(m, nn.Linear))
         handle = first.register_forward_hook(lambda *args: tick())
-    copy_ = torch.Tensor.copy_
-    if site == "write":
-        def counted_copy_(self, *args, **kwargs):
+    def counted(fn):
+        def call(*args, **kwargs):
             tick()
-            return copy_(self, *args, **kwargs)
-        torch.Tensor.copy_ = counted_copy_
+            return fn(*args, **kwargs)
+        return call
+
+    copy_, fills = torch.Tensor.copy_, {n: getattr(torch.nn.init, n) for n in INIT_FILLS}
+    if site == "write":
+        torch.Tensor.copy_ = counted(copy_)
+    if site == "init":
+        for n, fn in fills.items():
+            setattr(torch.nn.init, n, counted(fn))
     raised = None
     try:
         every_method.run(name, model, data, loss_fn)
@@ -120,6 +128,8 @@ def attempt(name: str, site: str, at, exc=RuntimeError):
         raised = e
     finally:
         torch.Tensor.copy_ = copy_
+        for n, fn in fills.items():
+            setattr(torch.nn.init, n, fn)
         if handle is not None:
             handle.remove()
     return model, before, calls[0], raised

@@ -72,6 +72,7 @@ CASES: dict[str, Case] = {
     "orthogonal": Case(mlp),
     "autoinit": Case(mlp, example=True),
     "archscale": Case(mlp),
+    "torch-default": Case(bn_mlp),
     "deepnet": Case(translation),
 }
 
