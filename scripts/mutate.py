@@ -1,8 +1,10 @@
 """Mutation testing of initlab's tests (`make mutate`; not part of CI).
 
 cosmic-ray mutates one source file at a time (one operator at one place per mutant); each mutant
-runs only the tests that execute the mutated lines, fastest first, stopping at the first failure.
-Which tests execute which line comes from one coverage.py run of the suite with a context per test.
+runs only the tests that execute the mutated lines, fastest first, stopping at the first failure,
+in a process forked from one that has imported torch and pytest (initlab itself is imported
+fresh, mutant included). Which tests execute which line comes from one coverage.py run of the
+library's unit tests with a context per test.
 
     python scripts/mutate.py                          # the files in FILES, resuming
     python scripts/mutate.py methods/lsuv.py          # chosen files, relative to src/initlab/
@@ -12,9 +14,10 @@ Everything lives under runs/mutate/ (git-ignored): a copy of src/ and tests/ tha
 mutates (the checkout is never touched), the coverage map, one cosmic-ray session per file
 (`cr-report runs/mutate/sessions/<file>.sqlite` reads it) and the survivors' diffs. Stopped at any
 point, the next run resumes: a session is kept while its file is unchanged, and when the tests
-change only the surviving mutants run again. Mutants inside type annotations are skipped: with
-`from __future__ import annotations` they are never evaluated, so they are equivalent by
-construction.
+change only the surviving mutants run again. Two kinds of mutant are skipped: those inside type
+annotations (with `from __future__ import annotations` never evaluated: equivalent by
+construction), and arithmetic operators replaced by bitwise or shift ones (on these files'
+float tensors they raise at once; they would only inflate the score).
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import ast
 import hashlib
 import json
 import os
-import shlex
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -145,6 +149,19 @@ def annotation_lines(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
+BITWISE = re.compile(r"ReplaceBinaryOperator_(Add|Sub|Mul|Div|FloorDiv|Mod|Pow)_"
+                     r"(BitAnd|BitOr|BitXor|LShift|RShift)$")
+
+
+def skipped_because(mutation, spans) -> str | None:
+    start, end = tuple(mutation.start_pos), tuple(mutation.end_pos)
+    if any(a <= start and end <= b for a, b in spans):
+        return "in an annotation that is never evaluated: equivalent"
+    if BITWISE.search(mutation.operator_name):
+        return "arithmetic replaced by a bitwise or shift operator: not run"
+    return None
+
+
 def session(rel: str, tests_key: str):
     """The cosmic-ray work database of `rel` (src/initlab/...), created or brought up to date."""
     from cosmic_ray.work_db import WorkDB, use_db
@@ -166,27 +183,28 @@ def session(rel: str, tests_key: str):
         subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(db_path)],
                        check=True, cwd=TREE)
         meta = dict(source=hashlib.sha256(source.encode()).hexdigest(), tests=tests_key)
-        spans = annotation_lines(source)
-        with use_db(str(db_path), WorkDB.Mode.open) as db:
-            for item in list(db.pending_work_items):
-                m = item.mutations[0]
-                if any(a <= tuple(m.start_pos) and tuple(m.end_pos) <= b for a, b in spans):
-                    db.set_result(item.job_id, WorkResult(
-                        worker_outcome=WorkerOutcome.SKIPPED,
-                        output="in an annotation that is never evaluated: equivalent"))
     elif meta.get("tests") != tests_key:  # new tests may kill what survived: run those again
         import sqlite3
         with sqlite3.connect(db_path) as con:
             con.execute("DELETE FROM work_results WHERE test_outcome != 'KILLED' "
                         "AND worker_outcome != 'SKIPPED'")
         meta["tests"] = tests_key
+    spans = annotation_lines(source)
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        for item in list(db.pending_work_items):
+            why = skipped_because(item.mutations[0], spans)
+            if why:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                      output=why))
     meta_path.write_text(json.dumps(meta))
     return db_path
 
 
 def run_file(rel: str, cmap: dict) -> None:
-    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.mutating import _make_diff, use_mutation
+    from cosmic_ray.plugins import get_operator
     from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
     db_path = session(rel, cmap["fingerprint"])
     with use_db(str(db_path), WorkDB.Mode.open) as db:
@@ -196,30 +214,58 @@ def run_file(rel: str, cmap: dict) -> None:
             m = item.mutations[0]
             tests = covering_tests(cmap, rel, m.start_pos[0], m.end_pos[0])
             budget = sum(cmap["durations"].get(t, 1.0) for t in tests)
-            command = shlex.join([sys.executable, str(Path(__file__).resolve()), "--run-tests",
-                                  *tests])
             start = time.time()
-            os.chdir(TREE)
-            try:
-                result = mutate_and_test(item.mutations, command, timeout=120 + 10 * budget)
-            finally:
-                os.chdir(ROOT)
+            operator = get_operator(m.operator_name)(**(m.operator_args or {}))
+            with use_mutation(Path(m.module_path), operator, m.occurrence) as (before, after):
+                if after is None:
+                    result = WorkResult(worker_outcome=WorkerOutcome.NO_TEST)
+                else:
+                    killed, output = run_forked(tests, timeout=120 + 10 * budget)
+                    result = WorkResult(worker_outcome=WorkerOutcome.NORMAL, output=output,
+                                        test_outcome=TestOutcome.KILLED if killed
+                                        else TestOutcome.SURVIVED,
+                                        diff="\n".join(_make_diff(before, after, m.module_path)))
             db.set_result(item.job_id, result)
             print(f"  {k + 1}/{len(pending)} line {m.start_pos[0]} {m.operator_name}: "
                   f"{result.test_outcome} ({len(tests)} tests, {time.time() - start:.1f} s)",
                   flush=True)
 
 
-def run_tests(tests: list[str]) -> int:
-    """The test command of one mutant (run by cosmic-ray in the tree, mutant in place)."""
+def run_forked(tests: list[str], timeout: float) -> tuple[bool, str]:
+    """Run `tests` in a child of this process (torch and pytest already imported, initlab
+    not): (killed, output); killed if a test fails or the run times out."""
     if not tests:
-        print("no test executes the mutated lines")
-        return 0
-    rc = subprocess.run([sys.executable, *PYTEST, "-x", *tests], env=tree_env()).returncode
+        return False, "no test executes the mutated lines"
+    log = WORK / "last-mutant.log"
+    pid = os.fork()
+    if pid == 0:  # the child: the tree's initlab, the mutant in it
+        code = 3
+        try:
+            os.setsid()
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(TREE)
+            sys.path.insert(0, str(TREE / "src"))
+            import pytest
+            code = int(pytest.main([*PYTEST[2:], "-x", *tests]))
+        finally:
+            os._exit(code)
+    deadline = time.time() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return True, "timeout"
+        time.sleep(0.05)
+    output = log.read_text(errors="replace")[-4000:]
+    rc = os.waitstatus_to_exitcode(status)
     if rc in (4, 5):  # usage error / nothing collected: a fault of this script, not a kill
-        print(f"pytest exit {rc}: the tests were not run; counted as survived")
-        return 0
-    return rc
+        return False, f"pytest exit {rc}: the tests did not run\n{output}"
+    return rc != 0, output
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -260,13 +306,10 @@ def main() -> int:
     p.add_argument("files", nargs="*", help=f"paths under src/initlab/ (default: {' '.join(FILES)})")
     p.add_argument("--report", action="store_true", help="print the scores only")
     p.add_argument("--map-into", help=argparse.SUPPRESS)
-    p.add_argument("--run-tests", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.map_into:
         map_into(Path(a.map_into))
         return 0
-    if a.run_tests is not None:
-        return run_tests(a.run_tests)
     files = [f"src/initlab/{f}" for f in (a.files or FILES)]
     for rel in files:
         if not (ROOT / rel).is_file():
@@ -275,6 +318,12 @@ def main() -> int:
         WORK.mkdir(parents=True, exist_ok=True)
         fresh_tree()
         cmap = coverage_map()
+        sys.dont_write_bytecode = True   # each child compiles the mutated file afresh
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import hypothesis  # noqa: F401  (imported once here, inherited by every child)
+        import pytest  # noqa: F401
+        import torch
+        torch.set_num_threads(1)
         for rel in files:
             run_file(rel, cmap)
     table = report(files)
