@@ -273,7 +273,7 @@ def run_forked(tests: list[str], timeout: float) -> tuple[bool, str]:
 def report(files: list[str]) -> str:
     from cosmic_ray.work_db import WorkDB, use_db
 
-    rows = ["| file | mutants | killed | survived | skipped (equivalent) | pending | score |",
+    rows = ["| file | mutants | killed | survived | skipped | pending | score |",
             "|---|---|---|---|---|---|---|"]
     for rel in files:
         name = rel.replace("/", ".").removeprefix("src.initlab.").removesuffix(".py")
@@ -282,10 +282,11 @@ def report(files: list[str]) -> str:
             continue
         counts = dict(killed=0, survived=0, skipped=0)
         survivors = []
+        spans = annotation_lines((ROOT / rel).read_text())
         with use_db(str(db_path), WorkDB.Mode.open) as db:
             total = db.num_work_items
-            for _job_id, result in db.results:
-                if result.worker_outcome == "skipped":
+            for item, result in db.completed_work_items:
+                if result.worker_outcome == "skipped" or skipped_because(item.mutations[0], spans):
                     counts["skipped"] += 1
                 elif result.test_outcome == "survived":
                     counts["survived"] += 1
