@@ -234,7 +234,9 @@ class TextLab:
         from .translation.inits import METHODS, apply_method
         given = self.settings.get(name, {})
         a = self.a
-        if name in METHODS and (not given or (set(given) == {"steps"} and "authors" in name)):
+        if name == "default":  # the model's own init (apply_method expects no call for it)
+            initialize(model, "default")
+        elif name in METHODS and (not given or (set(given) == {"steps"} and "authors" in name)):
             steps = given.get("steps", 780)
             apply_method(model, name, self.data, optimizer="adam" if "adam" in a.optimizer
                          else "sgd", lr=a.lr, seed=a.seed, batch_size=self.size,
