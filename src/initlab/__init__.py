@@ -7,7 +7,7 @@
     print(initlab.diagnose(model, data, lr=0.1).summary())   # why a network will not train
 """
 from . import methods  # noqa: F401  (registers every method)
-from .core.report import InitReport, apply
+from .core.report import DrawReport, InitReport, LayerReport, ScalesReport, VarianceReport, apply
 from .core.residual import ResidualSum, mark_residual_branch, residual_branches, residual_sums
 from .core.version import __version__
 from .diagnostics import diagnose
@@ -27,7 +27,8 @@ from .methods.zero import zero as zero_init
 from .registry import available_methods, initialize, method_info
 
 __all__ = [
-    "AutoInitConfig", "GradInitConfig", "InitReport", "LSUVConfig", "MetaInitConfig", "Moments",
+    "AutoInitConfig", "DrawReport", "GradInitConfig", "InitReport", "LayerReport", "ScalesReport",
+    "VarianceReport", "LSUVConfig", "MetaInitConfig", "Moments",
     "ResidualSum", "TRANSFORMER_RECIPE", "__version__", "apply", "archscale_init", "archscale_lr",
     "autoinit", "available_methods", "diagnose", "emergence", "fixup", "gradient_quotient",
     "gradinit", "initialize", "kaiming", "lsuv", "mark_residual_branch", "metainit",

@@ -5,6 +5,8 @@
     trainer.fit(module, train_loader)
 
 Contract (needs the extra `initlab[lightning]`, i.e. `lightning>=2.0`):
+- The method and its settings are checked when the callback is built: an unknown name or
+  setting, or a value the method refuses, raises there, not when the fit starts.
 - Runs once, in `on_train_start` (after the strategy has set up the model, the optimizers and the
   train dataloader; before the first step), on the `LightningModule` itself. Its parameters are
   written in place, so the optimizers Lightning built and a DDP wrapper stay valid.
@@ -26,17 +28,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from ..core.distributed import broadcast_module
 from ..core.loss import LossFn
-from ..core.report import _APPLIED, InitReport, mark_applied
-from ..registry import method_info
+from ..core.report import InitReport, applied_by, mark_applied
+from ..core.rng import kept_rng
+from ..registry import check_settings, method_info
+from .common import run_everywhere
 
 try:
     import lightning.pytorch as pl
@@ -45,6 +47,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                       "pip install 'initlab[lightning]' (with your torch pinned)") from e
 
 log = logging.getLogger(__name__)
+GRADINIT = ("gradinit", "gradinit-authors")  # distributed-aware: run with the training step's loss
 
 
 class _TrainingStep(nn.Module):
@@ -66,26 +69,6 @@ class _TrainingStep(nn.Module):
 
 def _step_loss(model: Callable, batch: Any) -> torch.Tensor:
     return model(batch)
-
-
-@contextlib.contextmanager
-def _isolated_rng(device: torch.device) -> Iterator[None]:
-    """torch (CPU + this CUDA device), Python and NumPy generators restored on exit."""
-    py_state = random.getstate()
-    np_state = None
-    try:
-        import numpy as np
-        np_state = np.random.get_state()
-    except ImportError:  # pragma: no cover
-        np = None
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(py_state)
-        if np is not None:
-            np.random.set_state(np_state)
 
 
 @contextlib.contextmanager
@@ -122,6 +105,7 @@ class InitCallback(pl.Callback):
                  report_path: Optional[str | os.PathLike] = None, progress: bool = False,
                  **settings: Any):
         self.info = method_info(method)  # a KeyError listing the names, at construction
+        check_settings(method, settings)  # an unknown setting or a refused value, here too
         self.method, self.loss_fn, self.settings = method, loss_fn, settings
         self.report_path, self.progress = report_path, progress
         self.report: Optional[InitReport] = None
@@ -134,7 +118,7 @@ class InitCallback(pl.Callback):
             if trainer.is_global_zero:
                 log.info("InitCallback: %s skipped (%s)", self.method, reason)
             return
-        with _isolated_rng(pl_module.device), _muted_logging(pl_module):
+        with kept_rng(pl_module.device), _muted_logging(pl_module):
             self.report = self._run(trainer, pl_module)
         mark_applied(pl_module, self.method)
         if trainer.is_global_zero:
@@ -148,23 +132,19 @@ class InitCallback(pl.Callback):
             return f"resuming from {trainer.ckpt_path}"
         if trainer.global_step > 0:
             return f"the trainer is at step {trainer.global_step}"
-        if getattr(pl_module, _APPLIED, None):
-            return f"the module already had {getattr(pl_module, _APPLIED)} scales written"
+        if applied_by(pl_module):
+            return f"the module already had {applied_by(pl_module)} scales written"
         return None
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[InitReport]:
         if not self.info.needs_data:
-            out = self.info.fn(pl_module, **self.settings)
-            broadcast_module(pl_module)  # random draws may differ per rank: rank 0's everywhere
-            return out if isinstance(out, InitReport) else None
+            return run_everywhere(self.info, pl_module, None, **self.settings)
         data = trainer.train_dataloader
         if data is None:
             raise ValueError(f"{self.method} needs the Trainer's train dataloader, and there is none")
-        if self.method != "gradinit":
+        if self.method not in GRADINIT:
             extra = {} if self.loss_fn is None else {"loss_fn": self.loss_fn}
-            out = self.info.fn(pl_module, data, **extra, **self.settings)
-            broadcast_module(pl_module)
-            return out if isinstance(out, InitReport) else None
+            return run_everywhere(self.info, pl_module, data, **extra, **self.settings)
         show = self.progress and trainer.is_global_zero
         if self.loss_fn is not None:
             return self.info.fn(pl_module, data, loss_fn=self.loss_fn, progress=show, **self.settings)

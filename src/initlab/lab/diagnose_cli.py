@@ -193,7 +193,8 @@ class ImageLab:
                            activation=a.activation, **shape)
 
     def initialize(self, model: nn.Module, name: str) -> None:
-        settings = method_settings(name, self.cfg, self.batches)
+        settings = {k: v for k, v in method_settings(name, self.cfg, self.batches).items()
+                    if k != "batch_fraction"}  # the lab's own key: how the batches are cut
         info = method_info(name)
         takes_data = info.needs_data or "example_input" in inspect.signature(info.fn).parameters
         initialize(model, name, data=self.init_batches if takes_data else None, **settings)

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from .grid import load_cells
 from .inits import METHODS
+from .training import STALL
 
-STALL = 0.1   # nats: a run whose validation loss fell less than this after its first evaluation
 MATCH = 0.1   # nats: a method "matches warmup" when it ends at most this far above it
 
 
@@ -69,7 +69,8 @@ def _entry(group: Optional[list[dict]]) -> str:
     loss, score = _mean([c["final_valid_loss"] for c in live]), _mean([c["bleu"] for c in live])
     text = f"{loss:.2f} / " + ("–" if score is None else f"{score:.1f}")
     if any(stalled(c) for c in live):
-        text += " **stalled**"
+        stops = [c["stalled_step"] for c in live if c.get("stalled_step")]
+        text += " **stalled**" + (f" (stopped @{stops[0]})" if len(group) == 1 and stops else "")
     return text + (f" ({len(div)}/{len(group)} diverged)" if div else "")
 
 
@@ -160,10 +161,13 @@ def plot_heatmaps(cells: list[dict], path: str | Path) -> None:
                     texts.append((j, i, "div"))
                 elif group:
                     value = _mean([c[key] for c in group])
-                    if value is not None:
-                        grid[i, j] = value
-                        texts.append((j, i, f"{value:.{2 if key != 'bleu' else 1}f}"
-                                      + ("\nstalled" if any(stalled(c) for c in group) else "")))
+                    stall = "stalled" if any(stalled(c) for c in group) else ""
+                    if value is None:      # no BLEU: a run stopped while stalled
+                        texts.append((j, i, stall or "n/a"))
+                        continue
+                    grid[i, j] = value
+                    texts.append((j, i, f"{value:.{2 if key != 'bleu' else 1}f}"
+                                  + ("\n" + stall if stall else "")))
         ax.set_facecolor("#dddddd")
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
         for j, i, text in texts:   # white on the dark end of the map
@@ -226,7 +230,8 @@ def write_report(out: str | Path) -> str:
         f"{len(cells)} cells ({hours:.2f} h of training and inits, {cpu:.2f} CPU hours of "
         f"training); recipe {cfg.get('recipe', 'lab-mt')}; entries: final validation loss "
         f"(nats/token) / test BLEU; **stalled**: validation loss fell < {STALL} nats after the "
-        f"first evaluation; {cfg.get('layers', '?')}+{cfg.get('layers', '?')} layers, "
+        f"first evaluation; the plateau (a context-free unigram model's validation loss) is "
+        f"{cfg.get('plateau', float('nan')):.2f}; {cfg.get('layers', '?')}+{cfg.get('layers', '?')} layers, "
         f"d={cfg.get('d_model', '?')}, {cfg.get('steps', '?')} updates")
     text = "\n\n".join(parts)
     (out / "table.md").write_text(text + "\n")

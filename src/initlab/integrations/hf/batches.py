@@ -1,5 +1,5 @@
 """Hugging Face transformers models: batches in their dict format, and the tied tensors GradInit
-scales once. Needs the extra `initlab[hf]` only to build models; these helpers use torch alone.
+scales once. These helpers use torch alone (the extra `initlab[hf]` only builds the models).
 
     model = AutoModelForCausalLM.from_config(config)           # GPT-2, LLaMA, ... or BertForMaskedLM
     batches = causal_lm_batches(token_ids, seq_len=128, batch_size=16)
