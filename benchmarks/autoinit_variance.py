@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import initlab
-from initlab.diagnose import layer_moments
+from initlab.diagnostics import layer_moments
 from initlab.lab.models import ResNet
 
 
@@ -172,7 +172,7 @@ ARCHITECTURES = {
 
 def layer_variances(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Output variance of every Linear/Conv on `x` (first call of each): the library's
-    diagnostic `initlab.diagnose.layer_moments`, without the means."""
+    diagnostic `initlab.diagnostics.layer_moments`, without the means."""
     return {name: var for name, (_, var) in layer_moments(model, x).items()}
 
 

@@ -6,10 +6,11 @@
     initlab.initialize(model, "gradinit", data)   # any method by name; see available_methods()
     print(initlab.diagnose(model, data, lr=0.1).summary())   # why a network will not train
 """
-from . import diagnose, methods  # noqa: F401  (methods: registers them; diagnose: callable)
+from . import methods  # noqa: F401  (registers every method)
 from .core.report import DrawReport, InitReport, LayerReport, ScalesReport, VarianceReport, apply
 from .core.residual import ResidualSum, mark_residual_branch, residual_branches, residual_sums
 from .core.version import __version__
+from .diagnostics import diagnose
 from .methods.archscale import archscale_init, archscale_lr, path_depths
 from .methods.autoinit import (
     AutoInitConfig,

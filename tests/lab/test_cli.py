@@ -20,7 +20,7 @@ SRC = str(Path(initlab.__file__).resolve().parents[1])  # the sources under test
 def run_initlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "initlab", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True)
 
 
 def test_compare_writes_json_and_plot(tmp_path, capsys):
@@ -53,7 +53,7 @@ BAD = {
     "negative lr": (["--lr", "-1"], "--lr must be a positive number"),
     "seeds 0": (["--seeds", "0"], "--seeds must be an integer >= 1"),
     "unknown setting": (["--set", "gradinit.stepz=5"], "did you mean 'steps'"),
-    "bad setting value": (["--set", "gradinit.steps=0"], "steps must be an integer >= 1"),
+    "bad setting value": (["--set", "gradinit.steps=-1"], "steps must be an integer >= 0"),
     "setting of a method not run": (["--set", "lsuv.tol=0.2"], "'lsuv' is not among --methods"),
     "fixup on an MLP": (["--methods", "default,fixup"], "--methods fixup cannot initialize "
                         "--model mlp: fixup needs the model's residual branches"),
@@ -82,11 +82,13 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path):
 
 
 def test_a_run_that_fails_exits_1_naming_it_and_the_others_still_run(tmp_path, capsys):
-    # GradInit at an absurd target rate: its look-ahead loss is non-finite, an error (a run
-    # that only diverges in training is a result, and exits 0: see the next test).
+    # GradInit at an absurd target rate, with objective steps only: its look-ahead loss is
+    # non-finite, an error (a run that only diverges in training is a result, and exits 0: see
+    # the next test).
     rc = cli.main(["compare", *TINY, "--model", "mlp", "--depth", "3", "--width", "16",
                    "--methods", "gradinit,default", "--set", "gradinit.steps=2",
-                   "--set", "gradinit.lr=1e30", "--out", str(tmp_path)])
+                   "--set", "gradinit.lr=1e30", "--set", "gradinit.gamma=1e30",
+                   "--out", str(tmp_path)])
     assert rc == 1
     results = json.loads((tmp_path / "results.json").read_text())
     assert "FloatingPointError" in results["methods"]["gradinit"]["error"]
@@ -117,10 +119,14 @@ def test_help_shows_every_default(capsys):
         cli.main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("(default: digits)", "(default: vgg)", "(default: default,gradinit)",
-                  "(default: 10)", "(default: 3)", "(default: 0.1)", "(default: 0.0005)",
-                  "(default: cosine)", "(default: 128)", "(default: runs/compare)",
-                  "(default: cpu)", "(default: relu)"):
+                  "(default: 3)", "(default: runs/compare)", "(default: cpu)", "(default: relu)",
+                  "(default: lab-default)"):
         assert shown in text, shown
+    # options a recipe sets are unset (None) by default and name lab-default's value
+    text = text.replace("lab- default", "lab-default")  # argparse wraps at the hyphen
+    for shown in ("lab-default: 10)", "lab-default: 0.1)", "lab-default: 0.0005)",
+                  "lab-default: cosine)", "lab-default: 128)", "lab-default: None)"):
+        assert f"(None: the recipe's; {shown} (default: None)" in text, shown
     parser = cli.parser()._subparsers._group_actions[0].choices["compare"]
     missing = [a.dest for a in parser._actions if a.dest != "help" and not a.help]
     assert not missing, f"options without help (their default is not shown): {missing}"

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import initlab
-from initlab.lab.models import BasicBlock, ResNet, build_model, vgg_stages
+from initlab.lab.models import CIFAR_VGG_LAYERS, BasicBlock, ResNet, authors_init, build_model, vgg_stages
 
 CASES = [
     ("mlp", dict(depth=3, width=16)),
@@ -14,6 +14,57 @@ CASES = [
     ("resnet", dict(depth=20, width=4)),
     ("resnet", dict(depth=20, width=4, bn=True)),
 ]
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_cifar_vgg19_is_the_papers_layer_list_at_a_width(bn):
+    model = build_model("cifar-vgg", depth=19, width=16, bn=bn, image_size=32)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # 64, 64, M, 128, 128, M, 256 x4, M, 512 x4, M, 512 x4, M, scaled by 16/64
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32] + [64] * 4 + [128] * 8
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 5
+    assert all((c.bias is None) == bn for c in convs)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == (16 if bn else 0)
+    assert model.classifier.in_features == 128
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    full = build_model("cifar-vgg", depth=11, width=64, in_channels=3, image_size=32)
+    widths = [m.out_channels for m in full.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [v for v in CIFAR_VGG_LAYERS[11] if v != "M"]
+    with pytest.raises(ValueError, match="pad_to=32"):
+        build_model("cifar-vgg", image_size=28)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_resnet32_biases_exactly_where_bn_is_absent(bn):
+    model = ResNet(1, depth=32, width=16, bn=bn)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 31 and all((c.bias is None) == bn for c in convs)
+    # the GradInit code's shortcut: subsample, BN (with BN only), zero channels
+    downs = [b for b in model.blocks if b.stride > 1]
+    assert len(downs) == 2 and all((b.shortcut_bn is not None) == bn for b in downs)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_authors_init_draws_the_gradinit_codes_constructor_init():
+    torch.manual_seed(0)
+    vgg = authors_init(build_model("cifar-vgg", depth=11, width=64, image_size=32, bn=True))
+    for m in vgg.modules():
+        if isinstance(m, torch.nn.Conv2d):   # Kaiming normal, fan_out = out * 3 * 3, ReLU gain
+            expected = (2.0 / (m.out_channels * 9)) ** 0.5
+            assert m.weight.std().item() == pytest.approx(expected, rel=0.1)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+    assert vgg.classifier.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.all(vgg.classifier.bias == 0)
+    torch.manual_seed(0)
+    resnet = build_model("resnet", depth=20, width=16)
+    pytorch_fc = resnet.classifier.weight.clone()
+    authors_init(resnet)
+    assert all(torch.all(m.bias == 0) for m in resnet.modules()
+               if isinstance(m, torch.nn.Conv2d))
+    assert torch.equal(resnet.classifier.weight, pytorch_fc)  # the ResNet keeps PyTorch's fc
+    with pytest.raises(ValueError, match="constructor_init='pytorch'"):
+        authors_init(build_model("mlp"))
 
 
 @pytest.mark.parametrize("name,kw", CASES)

@@ -18,6 +18,7 @@ from ..registry import available_methods, check_settings, method_info
 from . import usage
 from .data import DATASETS, DataNotFoundError, fashion_mnist_dir
 from .models import ACTIVATIONS, build_model
+from .recipes import recipes
 from .usage import UsageError
 
 #: Per-method settings the lab itself reads (not the method's own), accepted by `--set`.
@@ -67,6 +68,8 @@ def check_numbers(a: argparse.Namespace) -> None:
     usage.non_negative("--weight-decay", getattr(a, "weight_decay", None))
     usage.non_negative("--warmup", getattr(a, "warmup", None))
     usage.non_negative("--clip", getattr(a, "clip", None))
+    usage.positive("--bias-lr-scale", getattr(a, "bias_lr_scale", None))
+    usage.at_least("--pad-to", getattr(a, "pad_to", None), minimum=0)
 
 
 def check_data(a: argparse.Namespace) -> None:
@@ -80,14 +83,15 @@ def check_data(a: argparse.Namespace) -> None:
 
 
 def probe_model(a: argparse.Namespace):
-    """The model the options describe, built once (on 8x8 one-channel inputs: the structure,
-    not the sizes, decides whether a method applies)."""
+    """The model the options describe, built once (on 8x8 one-channel inputs, 32x32 for the
+    CIFAR VGG: the structure, not the sizes, decides whether a method applies)."""
     usage.one_of("--activation", a.activation, list(ACTIVATIONS))
     if a.activation != "relu" and a.model != "mlp":
         raise UsageError(f"--activation {a.activation} applies to --model mlp only ({a.model} "
                          "uses ReLU)")
     try:
-        return build_model(a.model, in_channels=1, image_size=8, num_classes=10, depth=a.depth,
+        size = 32 if a.model == "cifar-vgg" else 8
+        return build_model(a.model, in_channels=1, image_size=size, num_classes=10, depth=a.depth,
                            width=a.width, bn=a.bn, activation=a.activation)
     except ValueError as e:
         usage.reraise(f"--model {a.model}", e)
@@ -109,9 +113,19 @@ def check_fixed_rules(a: argparse.Namespace, parts: list[str], model: Any) -> No
                              f"another --model or leave {part} out") from None
 
 
+def check_recipe(a: argparse.Namespace) -> None:
+    """A registered --recipe, and an --augment it can read."""
+    usage.one_of("--recipe", a.recipe, [r.name for r in recipes()])
+    if a.augment is not None:
+        parts = {p.strip() for p in a.augment.split(",") if p.strip()} - {"none"}
+        for part in sorted(parts):
+            usage.one_of("--augment", part, ["none", "crop", "flip", "cutout"])
+
+
 def check_compare_args(a: argparse.Namespace) -> None:
     """Every check above, cheapest first; raises UsageError on the first failure."""
     check_numbers(a)
+    check_recipe(a)
     parts = method_names(a.methods)
     check_settings_args(a.settings, parts)
     check_data(a)

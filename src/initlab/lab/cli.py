@@ -4,6 +4,7 @@
         --methods default,gradinit --epochs 5 --seeds 3 --lr 0.1 --out runs/vgg11
     initlab demo
     initlab methods
+    initlab diagnose --model mlp --depth 10 --width 64 --methods default,kaiming --lr 0.1
     python -m initlab ...        # the same command
 
 Exit status: 0 when every run finished (a run that diverged is a result, recorded as such);
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import available_methods, method_info, setting_names
-from . import distributed
+from . import distributed, recipes_cli
 from .checks import check_compare_args
 from .compare import CompareConfig, compare, format_table
 from .data import DATASETS
 from .models import ACTIVATIONS, MODELS
+from .recipes import LAB_DEFAULT
 from .train import TrainConfig
 from .usage import EXIT_FAILED, EXIT_USAGE, Parser, UsageError
 
@@ -62,10 +64,19 @@ def _setting(text: str) -> tuple[str, str, Any]:
     return method, key, value
 
 
+def _recipe_default(key: str) -> str:
+    """Help text for an option a recipe sets: None means the recipe's value."""
+    return f"(None: the recipe's; lab-default: {LAB_DEFAULT.settings[key]})"
+
+
 def _add_compare_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    # Options a recipe sets default to None: "not given", the recipe's value.
     d = {"data": "digits", "model": "vgg", "depth": None, "width": None, "bn": False,
-         "methods": "default,gradinit", "epochs": 10, "seeds": 3, "lr": 0.1, "batch_size": 128,
-         **defaults}
+         "methods": "default,gradinit", "epochs": None, "seeds": 3, "lr": None,
+         "batch_size": None, **defaults}
+    p.add_argument("--recipe", default="lab-default",
+                   help="training protocol that sets every option left at None "
+                        "(`initlab recipes`)")
     p.add_argument("--data", choices=DATASETS, default=d["data"], help="data set")
     p.add_argument("--data-dir", default=None,
                    help="folder with the data set's files (None: $INITLAB_DATA, then the "
@@ -82,24 +93,50 @@ def _add_compare_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
                    help=f"MLP activation: {', '.join(ACTIVATIONS)}")
     p.add_argument("--methods", default=d["methods"],
                    help="comma-separated registry names (see `initlab methods`); a+b: a, then b")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs per run")
+    p.add_argument("--epochs", type=int, default=d["epochs"],
+                   help=f"training epochs per run {_recipe_default('train.epochs')}")
     p.add_argument("--seeds", type=int, default=d["seeds"], help="number of seeds (0 .. n-1)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="training optimizer")
-    p.add_argument("--lr", type=float, default=d["lr"], help="learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                   help="learning-rate schedule")
-    p.add_argument("--warmup", type=float, default=0.0, help="linear warmup, in epochs")
-    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm (None: off)")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch size")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help=f"training optimizer {_recipe_default('train.optimizer')}")
+    p.add_argument("--lr", type=float, default=d["lr"],
+                   help=f"learning rate {_recipe_default('train.lr')}")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum {_recipe_default('train.momentum')}")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"weight decay {_recipe_default('train.weight_decay')}")
+    p.add_argument("--decay-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"weight decay on normalization layers' parameters too "
+                        f"{_recipe_default('train.decay_norm')}")
+    p.add_argument("--bias-lr-scale", type=float, default=None,
+                   help=f"learning-rate factor for biases and scalar multipliers "
+                        f"{_recipe_default('train.bias_lr_scale')}")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default=None,
+                   help=f"learning-rate schedule {_recipe_default('train.schedule')}")
+    p.add_argument("--warmup", type=float, default=None,
+                   help=f"linear warmup, in epochs {_recipe_default('train.warmup_epochs')}")
+    p.add_argument("--clip", type=float, default=None,
+                   help=f"clip the gradient norm; 0: off {_recipe_default('train.clip')}")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"training batch size {_recipe_default('batch_size')}")
+    p.add_argument("--constructor-init", choices=("pytorch", "authors"), default=None,
+                   help=f"the init `default` keeps: PyTorch's layers' or the GradInit code's "
+                        f"{_recipe_default('constructor_init')}")
+    p.add_argument("--pad-to", type=int, default=None,
+                   help=f"zero-pad images to this side; 0: no padding {_recipe_default('pad_to')}")
+    p.add_argument("--augment", default=None,
+                   help=f"'none' or a comma list of crop, flip, cutout "
+                        f"{_recipe_default('augment')}")
     p.add_argument("--subset", type=int, default=None,
                    help="training examples to keep (None: all)")
     p.add_argument("--test-subset", type=int, default=None, help="test examples to keep (None: all)")
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE",
                    help="a method setting, e.g. --set gradinit.steps=50 (repeatable)")
-    p.add_argument("--out", default=d.get("out"), help="folder for results.json and accuracy.png")
+    p.add_argument("--out", default=d.get("out"),
+                   help="the table's folder: results.json, accuracy.png and the stored runs (the "
+                        "same command again continues a stopped table)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new run after this long (finished runs are kept)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars or logs, only the table")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -119,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the initialization methods")
     from .translation.cli import add_subcommand  # the translation lab's grid
     add_subcommand(sub)
+    recipes_cli.add_subcommand(sub)
+    from .diagnose_cli import add_subcommand as add_diagnose
+    add_diagnose(sub)
     return ap
 
 
@@ -138,12 +178,16 @@ def config_from_args(a: argparse.Namespace) -> CompareConfig:
             if "progress" in (setting_names(part) or ()):
                 settings.setdefault(part, {}).setdefault("progress", True)
     train = TrainConfig(epochs=a.epochs, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
-                        weight_decay=a.weight_decay, schedule=a.schedule, warmup_epochs=a.warmup,
-                        clip=a.clip, device=a.device, progress=show_progress(a))
-    return CompareConfig(data=a.data, data_dir=a.data_dir, model=a.model, depth=a.depth,
-                         width=a.width, bn=a.bn, activation=a.activation, methods=methods,
-                         seeds=a.seeds, batch_size=a.batch_size, subset=a.subset,
-                         test_subset=a.test_subset, train=train, method_settings=settings)
+                        weight_decay=a.weight_decay, decay_norm=a.decay_norm,
+                        bias_lr_scale=a.bias_lr_scale, schedule=a.schedule,
+                        warmup_epochs=a.warmup, clip=a.clip, device=a.device,
+                        progress=show_progress(a))
+    return CompareConfig(recipe=a.recipe, data=a.data, data_dir=a.data_dir, model=a.model,
+                         depth=a.depth, width=a.width, bn=a.bn, activation=a.activation,
+                         methods=methods, seeds=a.seeds, batch_size=a.batch_size,
+                         constructor_init=a.constructor_init, pad_to=a.pad_to,
+                         augment=a.augment, subset=a.subset, test_subset=a.test_subset,
+                         train=train, method_settings=settings)
 
 
 def failed_runs(results: dict[str, Any]) -> list[str]:
@@ -158,7 +202,7 @@ def run_compare(a: argparse.Namespace) -> int:
         import torch
         torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    results = compare(cfg, out=a.out)
+    results = compare(cfg, out=a.out, max_minutes=a.max_minutes)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return 0
     print()
@@ -197,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(a: argparse.Namespace) -> int:
     if a.command == "methods":
         return list_methods()
+    if a.command == "recipes":
+        return recipes_cli.main_from_args(a)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     verbose, quiet = getattr(a, "verbose", False), getattr(a, "quiet", False)
     logging.getLogger("initlab").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -205,6 +251,9 @@ def _run(a: argparse.Namespace) -> int:
     if a.command == "translate-grid":
         from .translation.cli import main_from_args
         return main_from_args(a)
+    if a.command == "diagnose":
+        from .diagnose_cli import main_from_args as diagnose_main
+        return diagnose_main(a)
     return compare_command(a)
 
 
@@ -223,7 +272,7 @@ def compare_command(a: argparse.Namespace) -> int:
     if a.command == "demo":
         print(f"initlab demo: {', '.join(a.methods.split(','))} on {a.data}; {a.model} of depth "
               f"{a.depth} {'with' if a.bn else 'without'} normalization, {a.seeds} seeds x "
-              f"{a.epochs} epochs, {a.optimizer} lr {a.lr}. ('a+b': method a, then b.)")
+              f"{a.epochs} epochs, {a.optimizer or 'sgd'} lr {a.lr}. ('a+b': method a, then b.)")
     return run_compare(a)
 
 

@@ -7,7 +7,13 @@
   (the folder itself or its `fashion-mnist/` subfolder), else /usr/share/datasets/fashion-mnist.
 
 Images come as float32 (N, 1, H, W), normalized with the training set's mean and std; labels as
-int64 (N,). Nothing is downloaded: missing data raises `DataNotFoundError` naming the package.
+int64 (N,). `pad_to` zero-pads them (black, before normalizing) to a larger square, so that
+32x32 layer lists apply unchanged. Nothing is downloaded: missing data raises
+`DataNotFoundError` naming the package.
+
+`Augment` is the GradInit authors' CIFAR augmentation (random crop with zero padding,
+horizontal flip, cutout; their train_cifar.py and utils.py) on batches of normalized images,
+scaled to the image: padding 1/8 and hole 1/2 of the image side (4 and 16 px for 32x32).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import gzip
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -48,6 +54,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int = 10
+    black: float = 0.0                # the normalized value of a zero pixel (padding, crops)
+    content_size: int | None = None   # the images' side before padding (None: not padded)
 
     @property
     def in_channels(self) -> int:
@@ -63,11 +71,13 @@ class Dataset:
 
 
 def load_dataset(name: str, root: PathLike | None = None, *, subset: int | None = None,
-                 test_subset: int | None = None, seed: int = 0) -> Dataset:
+                 test_subset: int | None = None, seed: int = 0, pad_to: int = 0) -> Dataset:
     """Load a data set by name ("digits" or "fashion-mnist").
 
     `subset` / `test_subset` keep that many examples of the train / test split, chosen by a
-    permutation drawn from `seed` (the same seed gives the same examples).
+    permutation drawn from `seed` (the same seed gives the same examples). `pad_to` (> the
+    image side) centers each image on a black square of that side; statistics are those of the
+    unpadded training images.
     """
     if name == "digits":
         x_tr, y_tr, x_te, y_te = _digits()
@@ -79,7 +89,16 @@ def load_dataset(name: str, root: PathLike | None = None, *, subset: int | None 
     x_tr, y_tr = _subset(x_tr, y_tr, subset, seed)
     x_te, y_te = _subset(x_te, y_te, test_subset, seed + 1)
     mean, std = float(x_tr.mean()), float(x_tr.std())  # training statistics only
-    data = Dataset(name, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te)
+    black, side = (0.0 - mean) / std, x_tr.shape[-1]
+    x_tr, x_te = ((x - mean) / std for x in (x_tr, x_te))
+    if pad_to and pad_to != side:
+        if pad_to < side:
+            raise ValueError(f"pad_to={pad_to} is smaller than the {side}x{side} images")
+        before = (pad_to - side) // 2
+        sides = (before, pad_to - side - before) * 2                   # left, right, top, bottom
+        x_tr, x_te = (torch.nn.functional.pad(x, sides, value=black) for x in (x_tr, x_te))
+    data = Dataset(name, x_tr, y_tr, x_te, y_te, black=black,
+                   content_size=side if pad_to and pad_to != side else None)
     log.info("loaded %r (normalized with train mean %.4f, std %.4f)", data, mean, std)
     return data
 
@@ -148,23 +167,75 @@ def _fashion_mnist(root: PathLike | None):
     return tuple(out)
 
 
+@dataclass
+class Augment:
+    """Random crop with `crop` px of padding (filled with `fill`), horizontal flip with
+    probability 1/2, and one `cutout` x `cutout` hole set to 0 (the data's mean), applied in that
+    order to (B, C, H, W) batches, each image drawn independently from the own generator."""
+    crop: int = 0
+    flip: bool = False
+    cutout: int = 0
+    fill: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def from_spec(cls, spec: str, data: Dataset, seed: int) -> Augment | None:
+        """"none" or a comma list of "crop", "flip", "cutout", sized to the image's content."""
+        parts = {p.strip() for p in spec.split(",") if p.strip()} - {"none"}
+        unknown = parts - {"crop", "flip", "cutout"}
+        if unknown:
+            raise ValueError(f"unknown augmentation {sorted(unknown)}: use 'none' or a comma list "
+                             "of crop, flip, cutout")
+        if not parts:
+            return None
+        side = data.content_size or data.image_size
+        return cls(crop=round(side / 8) if "crop" in parts else 0, flip="flip" in parts,
+                   cutout=side // 2 if "cutout" in parts else 0, fill=data.black, seed=seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        draw = lambda hi: torch.randint(0, hi, (B,), generator=self.generator).to(x.device)  # noqa: E731
+        if self.crop:
+            p = self.crop
+            padded = torch.nn.functional.pad(x, (p, p, p, p), value=self.fill)
+            rows = draw(2 * p + 1)[:, None] + torch.arange(H, device=x.device)  # (B, H)
+            cols = draw(2 * p + 1)[:, None] + torch.arange(W, device=x.device)  # (B, W)
+            b = torch.arange(B, device=x.device)[:, None, None]
+            x = padded[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B,C,H,W)
+        if self.flip:
+            x = torch.where(draw(2).bool()[:, None, None, None], x.flip(3), x)
+        if self.cutout:
+            half = self.cutout // 2                                # rows [y - half, y + half)
+            y, xc = draw(H)[:, None], draw(W)[:, None]
+            ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+            in_y = (ys >= y - half) & (ys < y + half)              # (B, H)
+            in_x = (xs >= xc - half) & (xs < xc + half)            # (B, W)
+            x = x * ~(in_y[:, None, :, None] & in_x[:, None, None, :])
+        return x.contiguous()
+
+
 class Batches:
     """Re-iterable (inputs, targets) batches over tensors, like a minimal DataLoader.
 
     With `shuffle`, pass k (k = 0, 1, ...) uses the permutation drawn from `seed + k`, so a run is
     repeatable and every pass sees a new order. The tensors are moved to `device` once.
+    `augment` (e.g. an `Augment`) transforms each batch's inputs as it is drawn.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} targets")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y = (x.to(device), y.to(device)) if device is not None else (x, y)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed = seed
+        self.seed, self.augment = seed, augment
         self.passes = 0
 
     def __len__(self) -> int:
@@ -181,8 +252,6 @@ class Batches:
         self.passes += 1
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            if order is None:
-                yield self.x[idx], self.y[idx]
-            else:
-                take = order[idx]
-                yield self.x[take], self.y[take]
+            take = idx if order is None else order[idx]
+            x = self.x[take]
+            yield (x if self.augment is None else self.augment(x)), self.y[take]

@@ -73,6 +73,12 @@ class Shard:
             yield x[self.rank::self.size], y[self.rank::self.size]
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if active():
+        dist.barrier()
+
+
 def shard(batches: Iterable) -> Iterable:
     rank, size = rank_and_size()
     return Shard(batches, rank, size) if size > 1 else batches

@@ -1,9 +1,12 @@
-"""Reference models for the lab: MLP, VGG-style plain CNN, CIFAR-style ResNet (no torchvision).
+"""Reference models for the lab: MLP, VGG-style plain CNN, the CIFAR VGG and ResNet of the GradInit
+paper (no torchvision).
 
-All take `in_channels` (default 1) and `num_classes` (default 10) and work on 8x8 digits,
-28x28 Fashion-MNIST and 32x32 images. Layers keep PyTorch's constructor initialization, so the
-registry's "default" method means PyTorch's default (Kaiming-uniform with a = sqrt(5)). The final
-layer is always called `classifier`.
+All take `in_channels` (default 1) and `num_classes` (default 10). `mlp`, `vgg` and `resnet` work
+on 8x8 digits, 28x28 Fashion-MNIST and 32x32 images; `cifar-vgg` (the paper's layer lists, five
+pooled stages down to 1x1) needs 32x32. Layers keep PyTorch's constructor initialization, so the
+registry's "default" method means PyTorch's default (Kaiming-uniform with a = sqrt(5)), unless
+`authors_init` replaces it with the GradInit code's constructor init. The final layer is always
+called `classifier`. Convs have biases exactly where batch norm is absent.
 """
 from __future__ import annotations
 
@@ -17,7 +20,16 @@ from torch import nn
 from ..core.residual import mark_residual_branch
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
-MODELS = ("mlp", "vgg", "resnet")
+MODELS = ("mlp", "vgg", "cifar-vgg", "resnet")
+# The CIFAR VGGs of the GradInit code (models/vgg.py; Simonyan & Zisserman's configurations):
+# conv widths at width 64, "M" a 2x2 max-pool.
+CIFAR_VGG_LAYERS: dict[int, list[int | str]] = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M"],
+}
 
 
 def _activation(name: str) -> nn.Module:
@@ -86,12 +98,47 @@ class VGG(nn.Module):
         return self.classifier(h.mean(dim=(2, 3)))           # (B, classes)
 
 
+class CifarVGG(nn.Module):
+    """The GradInit paper's VGG (its models/vgg.py): the layer list of `CIFAR_VGG_LAYERS[depth]`,
+    3x3 convs (+BN) + ReLU, five 2x2 max-pools taking 32x32 to 1x1, flatten, one Linear.
+    `width` is the first conv's channels (the paper: 64); every layer is scaled by width / 64."""
+
+    def __init__(self, in_channels: int = 1, *, depth: int = 19, width: int = 64, bn: bool = False,
+                 num_classes: int = 10, image_size: int = 32):
+        super().__init__()
+        if depth not in CIFAR_VGG_LAYERS:
+            raise ValueError(f"the CIFAR VGG has depth 11, 13, 16 or 19, got {depth}")
+        if image_size % 32:
+            raise ValueError(f"the CIFAR VGG needs 32x32 inputs (five 2x2 pools), got "
+                             f"{image_size}x{image_size}: zero-pad the images to 32 (compare's "
+                             "pad_to=32, which the authors-cnn recipe sets)")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in CIFAR_VGG_LAYERS[depth]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            c_out = max(1, round(int(v) * width / 64))
+            layers.append(conv3x3(c, c_out, bias=not bn))
+            if bn:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+            c = c_out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * (image_size // 32) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))  # (B, c, 1, 1) -> (B, classes)
+
+
 class BasicBlock(nn.Module):
     """relu(shortcut(x) + scale * branch(x)); branch = conv(+bn), relu, conv(+bn).
 
-    The shortcut has no parameters (the paper's "option A"): identity, or stride-2 subsampling
-    with zero-padded extra channels when the block changes shape. The branch is marked for
-    Fixup/SkipInit with `mark_residual_branch`, `scale` being its multiplier.
+    The shortcut is He et al.'s "option A": identity, or stride-2 subsampling with zero-padded
+    extra channels when the block changes shape; with BN the subsampled input passes a BN first
+    (as in the GradInit code's resnet_cifar.py). The branch is marked for Fixup/SkipInit with
+    `mark_residual_branch`, `scale` being its multiplier (1 at the start; the GradInit code's
+    ResNet has none, its Fixup ResNet has one).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, bn: bool = False):
@@ -105,11 +152,14 @@ class BasicBlock(nn.Module):
         self.branch = nn.Sequential(*layers)
         self.scale = nn.Parameter(torch.ones(()))
         self.stride, self.extra_channels = stride, c_out - c_in
+        self.shortcut_bn = nn.BatchNorm2d(c_in) if bn and stride > 1 else None
         mark_residual_branch(self.branch, scale=self.scale)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, ::self.stride, ::self.stride]
+            if self.shortcut_bn is not None:
+                x = self.shortcut_bn(x)
         if self.extra_channels > 0:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))  # zeros for the new channels
         return x
@@ -171,9 +221,36 @@ def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_cl
     if name == "vgg":
         return VGG(in_channels, bn=bn, num_classes=num_classes, image_size=image_size,
                    **sized, **kw)
+    if name == "cifar-vgg":
+        return CifarVGG(in_channels, bn=bn, num_classes=num_classes, image_size=image_size,
+                        **sized, **kw)
     if name == "resnet":
         return ResNet(in_channels, bn=bn, num_classes=num_classes, **sized, **kw)
     raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+
+
+@torch.no_grad()
+def authors_init(model: nn.Module) -> nn.Module:
+    """The GradInit code's constructor init, in place (models/vgg.py, models/resnet_cifar.py):
+    convs Kaiming-normal, fan_out, ReLU gain, biases 0; batch norm weight 1, bias 0; the VGGs'
+    classifier N(0, 0.01) with bias 0, the ResNet's classifier bias 0 (its weight keeps
+    PyTorch's draw). Draws from torch's global generator."""
+    if not isinstance(model, (VGG, CifarVGG, ResNet)):
+        raise ValueError(f"the authors' constructor init is defined for their CNNs (vgg, "
+                         f"cifar-vgg, resnet), not {type(model).__name__}: use "
+                         "constructor_init='pytorch'")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+    if isinstance(model, (VGG, CifarVGG)):
+        nn.init.normal_(model.classifier.weight, 0.0, 0.01)
+    model.classifier.bias.zero_()
+    return model
 
 
 def count_params(model: nn.Module, trainable_only: bool = True) -> int:

@@ -12,9 +12,10 @@ consumer (`compare`, the translation grid) reads the keys it knows:
   `constructor_init` ("pytorch": the layers' own init; "authors": the GradInit code's),
   `pad_to` (zero-pad images to this side; 0: none), `augment` ("none" or a comma list of
   "crop", "flip", "cutout"), and `method.<name>` (settings for that initialization method).
-  In method settings, `steps="epoch"` is one pass over the method's batches and
-  `steps="epoch:100:390"` the same clamped to [100, 390]; `batch_fraction` sizes the method's
-  batches as a fraction of the training batch. Context: `model`, `bn`.
+  In method settings, `steps="epoch"` is one pass over the method's batches, `"train-epoch"`
+  the training steps of one epoch, `"train-epoch:100:390"` the same clamped to [100, 390];
+  `batch_fraction` sizes the method's batches as a fraction of the training batch. Context:
+  `model`, `bn`.
 
 Registered here: `lab-default` (the lab's own protocol) and `authors-cnn` (the GradInit authors'
 CIFAR protocol, Zhu et al., NeurIPS 2021). Other modules register their own with
@@ -125,7 +126,7 @@ _GRADINIT_TAU = (
 # The authors' GradInit: target = the training optimizer at its lr (set by compare), gamma 1,
 # normalized step, floor 0.01, clip 1 (GradInitConfig's defaults); one epoch of S = one training
 # batch of data (their 390 iterations = one CIFAR-10 epoch), clamped to [100, 390] here.
-_GRADINIT_AUTHORS = {"steps": "epoch:100:390", "batch_fraction": 0.5}
+_GRADINIT_AUTHORS = {"steps": "train-epoch:100:390", "batch_fraction": 0.5}
 
 LAB_DEFAULT = register_recipe(Recipe(
     name="lab-default",

@@ -22,15 +22,15 @@ def write_atomic(path: Path, save: Callable[[Path], Any]) -> None:
 def claim(path: Path) -> bool:
     """Take a cell for this process: several `run_grid` processes on one machine share the work.
     A `.claim` file holds the owner's pid; a claim whose process is gone is taken over."""
-    claim = path.with_suffix(".claim")
+    marker = path.with_suffix(".claim")
     try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         try:
-            os.kill(int(claim.read_text()), 0)
+            os.kill(int(marker.read_text()), 0)
             return False                     # a live process works on it
         except ProcessLookupError:
-            claim.unlink(missing_ok=True)    # a stale claim: its process died
+            marker.unlink(missing_ok=True)   # a stale claim: its process died
             return claim(path)
         except (ValueError, PermissionError):
             return False                     # being written, or another user's process

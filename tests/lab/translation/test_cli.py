@@ -1,13 +1,21 @@
-"""`initlab translate-grid --recipe authors-mt`: the authors' IWSLT'14 protocol reaches every run;
-admin and deepnet cells run through the grid; the report is written."""
+"""`initlab translate-grid`: the authors' IWSLT'14 protocol (`--recipe authors-mt`) reaches every
+run; admin and deepnet cells run through the grid; the report is written; and the command as a
+user runs it, in a separate process on a small verse-pair corpus (--report-only and
+--max-minutes 0 on an empty grid, a run, and the report of the stored cells)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.translation import V, copy_task
+from helpers.translation import V, copy_task, fake_corpus
 from initlab.lab import cli
+from initlab.lab.recipes import recipe
 from initlab.lab.translation import grid as translation_grid
+from initlab.lab.translation.recipe import mt_recipes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +62,51 @@ def test_authors_recipe_through_the_command_line(tmp_path, monkeypatch, capsys):
     assert (out / "heatmaps.png").is_file() and (out / "curves.png").is_file()
 
 
-def test_unknown_recipe_is_refused():
-    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
-        translation_grid.GridConfig(recipe="nope").validate()
+def test_recipes_are_registered_and_others_refused():
+    assert recipe("authors-mt").resolve(optimizer="adam")["seq2seq.weight_decay"] == 1e-4
+    assert mt_recipes()[:2] == ["lab-mt", "authors-mt"]
+    for name in ("nope", "authors-cnn"):     # unknown, or not a translation recipe
+        with pytest.raises(ValueError, match="not a translation recipe; choose from lab-mt"):
+            translation_grid.GridConfig(recipe=name).validate()
+
+
+TINY = ["--adam-lrs", "0.001", "--sgd-lrs", "", "--momenta", "", "--methods", "default,warmup",
+        "--layers", "1", "--d-model", "16", "--nhead", "2", "--ffn", "32", "--batch-size", "16",
+        "--steps", "2", "--warmup", "1", "--eval-every", "1", "--vocab-size", "50"]
+
+
+def translate_grid(*args: str) -> subprocess.CompletedProcess:
+    src = Path(__file__).parents[3] / "src"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "initlab.lab.cli", "translate-grid", *args],
+                          env=env, capture_output=True, text=True)
+
+
+def test_translate_grid_runs_resumes_and_reports(tmp_path):
+    fake_corpus(tmp_path / "data")
+    out = tmp_path / "grid"
+    common = [*TINY, "--data-dir", str(tmp_path / "data"), "--out", str(out)]
+
+    for first in (["--report-only"], ["--max-minutes", "0"]):   # neither starts a cell
+        proc = translate_grid(*common, *first)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "no finished cells" in proc.stdout
+        assert not (out / "cells").is_dir() or list((out / "cells").iterdir()) == []
+
+    done = translate_grid(*common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert cells == ["adam-lr0.001-default.json", "adam-lr0.001-warmup.json"]
+    warm = json.loads((out / "cells" / "adam-lr0.001-warmup.json").read_text())
+    assert warm["train"]["warmup"] == 1 and warm["steps"] == [1, 2]
+    assert json.loads((out / "grid.json").read_text())["d_model"] == 16
+    table = (out / "table.md").read_text()
+    assert "| Adam 0.001 |" in done.stdout and done.stdout.strip() == table.strip()
+    assert (out / "heatmaps.png").stat().st_size > 1000 and (out / "curves.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+
+    report = translate_grid(*common, "--report-only")  # the table from the stored cells
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert report.stdout == done.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps

@@ -1,9 +1,11 @@
 """The Bible verse-pair corpus: parsing real diatheke output, alignment, splits, tokenizer, batches."""
+import math
 import shutil
 
 import pytest
 import torch
 
+from helpers.translation import fake_corpus
 from initlab.lab.data import DataNotFoundError
 from initlab.lab.translation.data import (
     BOS,
@@ -11,12 +13,12 @@ from initlab.lab.translation.data import (
     PAD,
     SPLITS,
     TokenBatches,
+    TranslationData,
     align,
     clean_verse,
     export_module,
     load_translation_data,
     parse_diatheke,
-    split_of,
 )
 
 # Real lines of `diatheke -f plain` output (KJV: engKJV2006eb, RV1909: spaRV1909eb), including a
@@ -76,24 +78,8 @@ def test_export_matches_the_installed_bibles_or_names_the_packages():
         export_module("noSuchModule", "Gen 1:1")
 
 
-def _fake_corpus(root, n=240):
-    """A pairs.tsv where build_corpus expects it (so no diatheke is needed); some verses repeat,
-    and 'zeta' sentences carry a character found nowhere else."""
-    rows = []
-    for i in range(n):
-        en = f"and the man {i % 37} went to the city {i % 11}"
-        es = f"y el hombre {i % 37} fue a la ciudad {i % 11}"
-        if i % 40 == 0:
-            en, es = "and it was so", "y fué así"     # repeated at different references
-        rows.append(f"Book {i // 20 + 1}:{i % 20 + 1}\t{en}\t{es}")
-    zetas = [f"zeta {i}" for i in range(200) if split_of(f"zeta {i}") == "test"][:3]
-    rows += [f"Zeta 1:{i}\t{z}\tζeta {i}" for i, z in enumerate(zetas)]
-    (root / "bible-en-es").mkdir(parents=True)
-    (root / "bible-en-es" / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-
-
 def test_splits_do_not_overlap_and_the_vocabulary_sees_training_text_only(tmp_path):
-    _fake_corpus(tmp_path)
+    fake_corpus(tmp_path)
     data = load_translation_data(tmp_path, vocab_size=50, valid_pct=10, test_pct=10)
     refs = {s: {t[0] for t in data.text[s]} for s in SPLITS}
     english = {s: {t[1] for t in data.text[s]} for s in SPLITS}
@@ -120,3 +106,15 @@ def test_token_batches_pad_and_frame_the_sentences():
     shuffled = TokenBatches(src, tgt, 2, shuffle=True, seed=3)
     seen = sorted(x for s, _ in shuffled for row in s.tolist() for x in row if x > EOS)
     assert seen == [5, 6, 7, 8, 9, 10] and len(shuffled) == 2
+
+
+def test_unigram_loss_is_the_context_free_cross_entropy():
+    pieces = ["<pad>", "<unk>", "<s>", "</s>", "a", "b", "c"]
+    t = torch.tensor
+    data = TranslationData(src={s: [] for s in ("train", "valid", "test")},
+                           tgt={"train": [t([4, 4, 5]), t([4])], "valid": [t([5, 6])], "test": []},
+                           text={}, pieces=pieces)
+    # training counts + 1 each: pad 1, unk 1, bos 1, eos 1 + 2, a 3 + 1, b 1 + 1, c 1; total 13
+    p = {"b": 2 / 13, "c": 1 / 13, "eos": 3 / 13}
+    expected = -(math.log(p["b"]) + math.log(p["c"]) + math.log(p["eos"])) / 3
+    assert data.unigram_loss("valid") == pytest.approx(expected, rel=1e-12)

@@ -61,6 +61,20 @@ def test_a_few_steps_reduce_the_loss():
     assert result.valid_loss[-1] < before - 0.5 and result.train_loss[1] < result.train_loss[0]
 
 
+def test_a_stalled_run_stops_after_the_given_fraction():
+    src, tgt = copy_task()
+    train_b, valid_b = TokenBatches(src, tgt, 16), TokenBatches(src[:16], tgt[:16], 16)
+    frozen = Seq2SeqConfig(lr=1e-9, steps=40, eval_every=5, stop_stalled=0.5)
+    result = train_seq2seq(tiny(), train_b, valid_b, frozen, vocab_size=V)
+    assert result.stalled_step == 20 and result.steps == [5, 10, 15, 20]
+    assert not result.diverged and result.final_valid_loss == result.valid_loss[-1]
+    learning = Seq2SeqConfig(lr=3e-3, steps=30, eval_every=10, warmup=5, stop_stalled=0.3)
+    result = train_seq2seq(tiny(), train_b, valid_b, learning, vocab_size=V)
+    assert result.stalled_step is None and result.steps == [10, 20, 30]
+    with pytest.raises(ValueError, match="fraction"):
+        Seq2SeqConfig(stop_stalled=1.5).validate()
+
+
 def test_divergence_is_recorded_not_raised():
     src, tgt = copy_task()
     train_b, valid_b = TokenBatches(src, tgt, 16), TokenBatches(src[:16], tgt[:16], 16)

@@ -10,7 +10,7 @@ from torch import nn
 import initlab
 from helpers.methods import assert_same, bn_dropout_mlp, snapshot
 from initlab.core.graph import TraceError
-from initlab.diagnose import layer_moments
+from initlab.diagnostics import layer_moments
 
 
 class Gated(nn.Module):

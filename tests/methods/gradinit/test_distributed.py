@@ -4,7 +4,6 @@ union of their batches; DDP-wrapped models; failures on one rank. One spawn runs
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -12,12 +11,21 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import initlab
-from helpers.dist_workers import ALPHA, RUNS, WORLD, mlp, one_thread, rank_batches, union_batches, worker
+from helpers.dist_workers import (
+    ALPHA,
+    CASES,
+    RUNS,
+    WORLD,
+    mlp,
+    one_thread,
+    rank_batches,
+    union_batches,
+    worker,
+)
 from initlab.core.loss import default_loss
 from initlab.core.params import trainable_params
 from initlab.methods.gradinit import GradInitConfig, GradInitSearch
 
-TIMEOUT = 240  # seconds for the whole 2-process run, failures included
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
@@ -27,12 +35,13 @@ _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("dist")
     ctx = mp.spawn(worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT
-    while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
+    try:  # a hang is stopped by pytest-timeout; the workers must not outlive it
+        while not ctx.join():
+            pass
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
                 p.kill()
-            pytest.fail(f"the 2-process run did not finish within {TIMEOUT} s (a hang)")
     results = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r} crashed:\n{res['crash']}"
@@ -45,21 +54,41 @@ def assert_rel_close(got: dict, want: dict, rtol: float = 1e-5) -> None:
         assert err <= rtol, f"{k}: relative difference {err:.2e}"
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_two_processes_equal_one_process_on_the_union(ranks, name):
-    r0, r1 = ranks[0][name], ranks[1][name]
+def assert_equal_to_one_process(r0: dict, r1: dict, model, report) -> None:
     for k in r0["params"]:  # identical on every rank, bitwise
         assert torch.equal(r0["params"][k], r1["params"][k]), k
     assert r0["history"] == [dict(h, seconds=h2["seconds"]) for h, h2 in zip(r1["history"], r0["history"])]
-
-    model = mlp(0)
-    report = initlab.gradinit(model, union_batches(), **RUNS[name])
     assert_rel_close(r0["params"], model.state_dict())
     assert [h["branch"] for h in r0["history"]] == [h["branch"] for h in report.history]
     assert {h["branch"] for h in report.history} == {"constraint", "objective"}, "test needs both"
     for mine, ref in zip(r0["history"], report.history):
         assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-9)
         assert mine["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_two_processes_equal_one_process_on_the_union(ranks, name):
+    model = mlp(0)
+    report = initlab.gradinit(model, union_batches(), **RUNS[name])
+    assert_equal_to_one_process(ranks[0][name], ranks[1][name], model, report)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_batch_norm_dict_batches_and_split_batching(ranks, name):
+    """Batch norm (each rank normalizes its own rows: the one-process loss does the same per
+    rank), dict batches to `model(**batch).loss`, and split batching (the one-process batch's
+    thirds are the union of the ranks' thirds)."""
+    for r in ranks:
+        assert "error" not in r[name], r[name].get("error")
+    build, _, union, loss_fn, settings = CASES[name]
+    model = build(0)
+    report = initlab.gradinit(model, union(), loss_fn=loss_fn, **settings)
+    assert_equal_to_one_process(ranks[0][name], ranks[1][name], model, report)
+    if name == "batchnorm":  # and the per-rank statistics matter: one batch norm over the union
+        pooled = build(0)     # of the rows gives another result
+        initlab.gradinit(pooled, union(), loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+                         **settings)
+        assert not torch.allclose(pooled[0].weight, model[0].weight, rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("name", ["constraint", "second_order"])
@@ -110,14 +139,31 @@ def test_bare_modules_that_differ_end_identical_from_rank_0(ranks):
     assert_rel_close(a, model.state_dict())
 
 
-@pytest.mark.parametrize("name", ["fail_first_pass", "fail_objective", "fail_second_order"])
+def test_default_search_stops_at_the_same_iteration_everywhere(ranks):
+    """The stopping rule, the warm start and the guard decide on rank means: the ranks stop
+    together, at the iteration a one-process run on the union stops (checked above: equal
+    histories), and the decision itself is one vote (any rank's True is everyone's)."""
+    r0, r1 = ranks[0]["default"], ranks[1]["default"]
+    assert r0["outcome"] == r1["outcome"]
+    assert r0["outcome"]["stop"] == "converged"
+    assert r0["outcome"]["iterations"] < RUNS["default"]["steps"]
+    report = initlab.gradinit(mlp(0), union_batches(), **RUNS["default"])
+    assert report.outcome["stop"] == "converged"
+    assert report.outcome["iterations"] == r0["outcome"]["iterations"]
+    assert report.outcome["guard"]["start"] == pytest.approx(r0["outcome"]["guard"]["start"],
+                                                             rel=1e-9)
+    for rank in ranks:
+        assert rank["vote"] == [True, False, True]
+
+
+@pytest.mark.parametrize("name", ["fail_first_pass", "fail_objective", "fail_second_order",
+                                  "fail_warm_start", "fail_guard"])
 def test_failure_on_one_rank_stops_every_rank_with_models_unchanged(ranks, name):
     failed, other = ranks[1][name], ranks[0][name]
     assert failed["type"] == "ValueError" and "boom" in failed["message"]
     assert other["type"] == "RemoteRankError"
     assert "rank 1" in other["message"] and "boom" in other["message"]
-    for r in (failed, other):
-        assert r["unchanged"] and r["seconds"] < 30
+    assert failed["unchanged"] and other["unchanged"]
 
 
 def test_settings_checked_on_every_rank(ranks):

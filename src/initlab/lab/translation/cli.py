@@ -6,7 +6,7 @@ from typing import Any
 
 from .grid import GridConfig, run_grid
 from .inits import METHODS
-from .recipe import MT_RECIPES
+from .recipe import mt_recipes
 from .report import write_report
 
 
@@ -22,15 +22,18 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--momenta", type=floats, default=d.momenta)
     p.add_argument("--methods", type=lambda s: s.split(","), default=d.methods,
                    help=f"comma-separated, of {','.join(METHODS)} (default: all but the last)")
-    p.add_argument("--recipe", choices=sorted(MT_RECIPES), default=d.recipe,
-                   help="training protocol: lab-mt (default) or authors-mt (the GradInit "
-                   "authors' IWSLT'14 script, scaled to the run)")
+    p.add_argument("--recipe", choices=mt_recipes(), default=d.recipe,
+                   help="training protocol (initlab.lab.recipes): lab-mt (default) or "
+                   "authors-mt (the GradInit authors' IWSLT'14 script, scaled to the run)")
     for name in ("layers", "d_model", "nhead", "ffn", "max_words", "vocab_size", "batch_size",
                  "steps", "warmup", "eval_every", "gradinit_steps", "gradinit_sgd_steps", "beam",
                  "seed", "seeds"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
     p.add_argument("--norm", choices=("post", "pre"), default=d.norm)
+    p.add_argument("--stop-stalled", type=float, default=None, metavar="FRACTION",
+                   help="stop a run whose validation loss is still within 0.1 nats of its first "
+                   "evaluation after this fraction of its updates (no BLEU then)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=None, help="default: $INITLAB_DATA, ~/.cache/initlab")
     p.add_argument("--max-minutes", type=float, default=None,

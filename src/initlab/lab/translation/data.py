@@ -138,6 +138,19 @@ class TranslationData:
                 out.append(self.pieces[i])
         return "".join(out).replace("▁", " ").strip()
 
+    def unigram_loss(self, split: str = "valid") -> float:
+        """Cross-entropy (nats/token) of `split`'s target tokens and EOS under the training
+        targets' token frequencies (add-one): the loss of a model that ignores every context,
+        the plateau where a stalled Transformer sits."""
+        counts = torch.ones(self.vocab_size, dtype=torch.float64)
+        for t in self.tgt["train"]:
+            counts += torch.bincount(t, minlength=self.vocab_size)
+        counts[EOS] += len(self.tgt["train"])
+        logp = (counts / counts.sum()).log()
+        total = sum(float(logp[t].sum()) for t in self.tgt[split]) + len(self.tgt[split]) * float(
+            logp[EOS])
+        return -total / (sum(len(t) for t in self.tgt[split]) + len(self.tgt[split]))
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(self.src[s])}" for s in SPLITS)
         return f"TranslationData({sizes}, vocab={self.vocab_size})"

@@ -3,8 +3,8 @@
 A Post-LN encoder-decoder Transformer trained for a fixed number of updates, without warmup,
 over a grid of optimizer settings (Adam over learning rates; SGD over learning rates x
 momenta), after each initialization method (`inits.py`: default, warmup, gradinit-authors,
-gradinit, tfixup, admin, deepnet), under a training protocol by name (`recipe.py`: `lab-mt`, the
-default, or `authors-mt`), for one or more seeds.
+gradinit, tfixup, admin, deepnet), under a training protocol from `initlab.lab.recipes`
+(`recipe.py`: `lab-mt`, the default, or `authors-mt`), for one or more seeds.
 
 Every finished cell is stored as its own JSON under `<out>/cells/`, and initialized weights
 under `<out>/inits/`, so an interrupted grid resumes where it stopped; several processes on one
@@ -26,7 +26,7 @@ from ..store import claim, write_atomic
 from .data import TokenBatches, TranslationData, load_translation_data
 from .inits import DEFAULT_METHODS, METHODS, apply_method, init_key, runs_in
 from .model import TransformerConfig, TranslationTransformer
-from .recipe import MT_RECIPES, mt_recipe
+from .recipe import mt_settings
 from .training import Seq2SeqConfig, bleu, train_seq2seq, translate
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class GridConfig:
     sgd_lrs: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     momenta: list[float] = field(default_factory=lambda: [0.9, 0.98])
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    recipe: str = "lab-mt"            # the training protocol (recipe.py)
+    recipe: str = "lab-mt"            # the training protocol, a translation recipe (recipe.py)
     layers: int = 6                   # encoder and decoder layers each
     d_model: int = 128
     nhead: int = 4
@@ -54,6 +54,7 @@ class GridConfig:
     gradinit_steps: int = 780         # the authors' recipe (one epoch of IWSLT'14)
     gradinit_sgd_steps: int = 200     # the SGD-target variant: one search per learning rate
     beam: int = 1
+    stop_stalled: Optional[float] = None  # stop runs still stalled after this fraction
     seed: int = 0                     # the first seed
     seeds: int = 1                    # seeds seed, seed + 1, ...
     device: str = "cpu"
@@ -63,8 +64,7 @@ class GridConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown grid methods {sorted(unknown)}; choose from {METHODS}")
-        if self.recipe not in MT_RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(MT_RECIPES)}")
+        mt_settings(self.recipe, "adam")   # a translation recipe, or a clear error
         if not (self.adam_lrs or self.sgd_lrs) or min(self.layers, self.steps, self.seeds) < 1:
             raise ValueError("the grid needs at least one learning rate, and layers, steps and "
                              "seeds >= 1")
@@ -97,24 +97,23 @@ def cell_name(opt: str, lr: float, mom: float | None, method: str, seed: int = 0
 
 
 def model_config(cfg: GridConfig, vocab_size: int) -> TransformerConfig:
-    r = mt_recipe(cfg.recipe)
-    return TransformerConfig(vocab_size, d_model=cfg.d_model, nhead=cfg.nhead, ffn=cfg.ffn,
-                             encoder_layers=cfg.layers, decoder_layers=cfg.layers,
-                             dropout=r.dropout if cfg.dropout is None else cfg.dropout,
-                             attention_dropout=r.attention_dropout,
-                             activation_dropout=r.activation_dropout, norm=cfg.norm,
-                             shared_embeddings=r.shared_embeddings, tie_output=r.tie_output)
+    """The recipe's `transformer.*` settings, the grid's size (and `--dropout`, if given)."""
+    settings = mt_settings(cfg.recipe, "adam")["transformer"]
+    if cfg.dropout is not None:
+        settings["dropout"] = cfg.dropout
+    return TransformerConfig(vocab_size, **dict(
+        settings, d_model=cfg.d_model, nhead=cfg.nhead, ffn=cfg.ffn, encoder_layers=cfg.layers,
+        decoder_layers=cfg.layers, norm=cfg.norm))
 
 
 def train_config(cfg: GridConfig, cell: Cell) -> Seq2SeqConfig:
-    r = mt_recipe(cfg.recipe)
-    return Seq2SeqConfig(optimizer=cell.optimizer, lr=cell.lr, betas=r.betas,
-                         momentum=cell.momentum or 0.0, weight_decay=r.weight_decay,
-                         decoupled_weight_decay=r.decoupled_weight_decay and cell.optimizer == "adam",
-                         steps=cfg.steps, warmup=cfg.warmup if cell.method == "warmup" else 0,
-                         schedule=r.schedule, decay_start=cfg.warmup,
-                         label_smoothing=r.label_smoothing, clip=r.clip,
-                         eval_every=cfg.eval_every, device=cfg.device)
+    """The recipe's `seq2seq.*` settings for the cell's optimizer, and the cell's own."""
+    settings = mt_settings(cfg.recipe, cell.optimizer)["seq2seq"]
+    return Seq2SeqConfig(**dict(
+        settings, optimizer=cell.optimizer, lr=cell.lr, momentum=cell.momentum or 0.0,
+        steps=cfg.steps, warmup=cfg.warmup if cell.method == "warmup" else 0,
+        decay_start=cfg.warmup, eval_every=cfg.eval_every, stop_stalled=cfg.stop_stalled,
+        device=cfg.device))
 
 
 def build(cfg: GridConfig, vocab_size: int, seed: Optional[int] = None) -> TranslationTransformer:
@@ -142,7 +141,7 @@ def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
     try:
         apply_method(model, cell.method, data, optimizer=cell.optimizer, lr=cell.lr,
                      seed=cell.seed, batch_size=cfg.batch_size,
-                     label_smoothing=mt_recipe(cfg.recipe).label_smoothing,
+                     label_smoothing=train_config(cfg, cell).label_smoothing,
                      gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
                      device=cfg.device)
         seconds = time.perf_counter() - start
@@ -164,7 +163,7 @@ def run_cell(cfg: GridConfig, data: TranslationData, cell: Cell, out: Path) -> d
     result = train_seq2seq(model, train_b, valid_b, train_cfg, vocab_size=data.vocab_size,
                            desc=cell_name(*cell))
     hyps, score = None, None
-    if not result.diverged:
+    if not result.diverged and result.stalled_step is None:
         start = time.perf_counter()
         hyps = translate(model, data.src["test"], data, beam=cfg.beam, device=cfg.device)
         score = bleu(hyps, [t[2] for t in data.text["test"]])
@@ -182,9 +181,10 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     cfg.validate()
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(dict(asdict(cfg), recipe_settings=mt_recipe(
-        cfg.recipe).settings()), indent=1))
+    recipe = {opt: mt_settings(cfg.recipe, opt) for opt in ("adam", "sgd")}
     data = load_translation_data(cfg.data_dir, max_words=cfg.max_words, vocab_size=cfg.vocab_size)
+    (out / "grid.json").write_text(json.dumps(dict(  # the plateau: a context-free model's loss
+        asdict(cfg), recipe_settings=recipe, plateau=data.unigram_loss("valid")), indent=1))
     log.info("grid on %r: %d cells", data, len(cells(cfg)))
     start, waiting = time.perf_counter(), True
     while waiting:   # passes over the cells until none waits on an init another process computes

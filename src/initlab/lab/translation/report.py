@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from .grid import load_cells
 from .inits import METHODS
+from .training import STALL
 
-STALL = 0.1   # nats: a run whose validation loss fell less than this after its first evaluation
 MATCH = 0.1   # nats: a method "matches warmup" when it ends at most this far above it
 
 
@@ -69,7 +69,8 @@ def _entry(group: Optional[list[dict]]) -> str:
     loss, score = _mean([c["final_valid_loss"] for c in live]), _mean([c["bleu"] for c in live])
     text = f"{loss:.2f} / " + ("–" if score is None else f"{score:.1f}")
     if any(stalled(c) for c in live):
-        text += " **stalled**"
+        stops = [c["stalled_step"] for c in live if c.get("stalled_step")]
+        text += " **stalled**" + (f" (stopped @{stops[0]})" if len(group) == 1 and stops else "")
     return text + (f" ({len(div)}/{len(group)} diverged)" if div else "")
 
 
@@ -109,9 +110,12 @@ def claims(cells: list[dict]) -> str:
     """The GradInit paper's Transformer claim (it trains a Post-LN Transformer without warmup
     "using either Adam or SGD under a wide range of learning rates and momentum coefficients"),
     per optimizer group and GradInit variant: it holds in a cell when the GradInit run trains
-    (neither diverged nor stalled) and ends at most MATCH nats above the warmup reference."""
+    (neither diverged nor stalled) and ends at most MATCH nats above the warmup reference (or
+    the reference does not train there). The last column says where the default init, also
+    without warmup, fails the same test: where it does not, the cell cannot show a rescue."""
     by = _groups(cells)
-    lines = ["| claim | method | holds in | fails in | verdict |", "|---|---|---|---|---|"]
+    lines = ["| claim | method | holds in | fails in | verdict | default fails in |",
+             "|---|---|---|---|---|---|"]
     for claim, where in CLAIMS:
         for method in ("gradinit-authors", "gradinit", "gradinit-sgd"):
             ours = [c for c in cells if c["method"] == method and where(c)]
@@ -119,23 +123,31 @@ def claims(cells: list[dict]) -> str:
                 continue
             held, failed = [], []
             for c in sorted(ours, key=lambda c: (c["momentum"] or 0, c["lr"], c.get("seed", 0))):
-                name = _setting(c) + (f" seed {c['seed']}" if c.get("seed") else "")
-                ref = next((r for r in by.get((_setting(c), "warmup"), [])
-                            if r.get("seed", 0) == c.get("seed", 0)), None)
-                ok = outcome(c) == "trains" and (ref is None or outcome(ref) != "trains"
-                                                 or c["final_valid_loss"]
-                                                 <= ref["final_valid_loss"] + MATCH)
-                (held if ok else failed).append(name if ok else f"{name} ({_why(c, ref)})")
+                ok, why = _holds(c, by)
+                (held if ok else failed).append(_name(c) + ("" if ok else f" ({why})"))
             verdict = "holds" if not failed else "does not hold" if not held else "holds in part"
+            base = [c for c in cells if c["method"] == "default" and where(c)]
+            base_failed = [_name(c) for c in base if not _holds(c, by)[0]]
             lines.append(f"| {claim} | {method} | {', '.join(held) or '–'} | "
-                         f"{', '.join(failed) or '–'} | {verdict} |")
+                         f"{', '.join(failed) or '–'} | {verdict} | "
+                         f"{', '.join(base_failed) or ('none' if base else '–')} |")
     return "\n".join(lines)
 
 
-def _why(c: dict[str, Any], ref: Optional[dict[str, Any]]) -> str:
+def _name(c: dict[str, Any]) -> str:
+    return _setting(c) + (f" seed {c['seed']}" if c.get("seed") else "")
+
+
+def _holds(c: dict[str, Any], by: dict[tuple[str, str], list[dict]]) -> tuple[bool, str]:
+    """(trains like the warmup reference of its cell and seed, why not)."""
+    ref = next((r for r in by.get((_setting(c), "warmup"), [])
+                if r.get("seed", 0) == c.get("seed", 0)), None)
     if outcome(c) != "trains":
-        return outcome(c)
-    return f"{c['final_valid_loss']:.2f} vs warmup {ref['final_valid_loss']:.2f}" if ref else "?"
+        return False, outcome(c)
+    if ref is None or outcome(ref) != "trains" or c["final_valid_loss"] <= (
+            ref["final_valid_loss"] + MATCH):
+        return True, ""
+    return False, f"{c['final_valid_loss']:.2f} vs warmup {ref['final_valid_loss']:.2f}"
 
 
 def plot_heatmaps(cells: list[dict], path: str | Path) -> None:
@@ -160,10 +172,13 @@ def plot_heatmaps(cells: list[dict], path: str | Path) -> None:
                     texts.append((j, i, "div"))
                 elif group:
                     value = _mean([c[key] for c in group])
-                    if value is not None:
-                        grid[i, j] = value
-                        texts.append((j, i, f"{value:.{2 if key != 'bleu' else 1}f}"
-                                      + ("\nstalled" if any(stalled(c) for c in group) else "")))
+                    stall = "stalled" if any(stalled(c) for c in group) else ""
+                    if value is None:      # no BLEU: a run stopped while stalled
+                        texts.append((j, i, stall or "n/a"))
+                        continue
+                    grid[i, j] = value
+                    texts.append((j, i, f"{value:.{2 if key != 'bleu' else 1}f}"
+                                  + ("\n" + stall if stall else "")))
         ax.set_facecolor("#dddddd")
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
         for j, i, text in texts:   # white on the dark end of the map
@@ -226,7 +241,8 @@ def write_report(out: str | Path) -> str:
         f"{len(cells)} cells ({hours:.2f} h of training and inits, {cpu:.2f} CPU hours of "
         f"training); recipe {cfg.get('recipe', 'lab-mt')}; entries: final validation loss "
         f"(nats/token) / test BLEU; **stalled**: validation loss fell < {STALL} nats after the "
-        f"first evaluation; {cfg.get('layers', '?')}+{cfg.get('layers', '?')} layers, "
+        f"first evaluation; the plateau (a context-free unigram model's validation loss) is "
+        f"{cfg.get('plateau', float('nan')):.2f}; {cfg.get('layers', '?')}+{cfg.get('layers', '?')} layers, "
         f"d={cfg.get('d_model', '?')}, {cfg.get('steps', '?')} updates")
     text = "\n\n".join(parts)
     (out / "table.md").write_text(text + "\n")

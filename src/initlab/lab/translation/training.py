@@ -14,6 +14,9 @@ warmup, divergence recorded rather than raised, BLEU on the test split.
   `diverge_loss` (default: ln V + 1, a nat worse than a uniform guess) after the first window.
   The curve stops there and the run is marked `diverged`. A run that stalls at a high loss
   without blowing up is not "diverged": its validation loss tells.
+- Stall: the validation loss fell less than `STALL` nats after the first evaluation. With
+  `stop_stalled=f` a run still stalled at an evaluation after the fraction f of its updates
+  stops there (`stalled_step`): the grid spends its budget on the runs that train.
 - Gradient clipping is off by default: the study is about stability without it.
 - BLEU: sacrebleu's corpus BLEU (13a tokenization) of the detokenized output against the
   Spanish references; without sacrebleu the hypotheses are returned and BLEU is None.
@@ -35,6 +38,7 @@ from .data import EOS, PAD, TokenBatches, TranslationData, pad
 from .decoding import beam_search, greedy_decode
 
 log = logging.getLogger(__name__)
+STALL = 0.1   # nats: a run whose validation loss fell less than this after its first evaluation
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Seq2SeqConfig:
     clip: float | None = None          # global gradient-norm clipping (None: off)
     eval_every: int = 200
     diverge_loss: float | None = None  # None: ln(vocabulary size) + 1
+    stop_stalled: float | None = None  # stop a run still stalled after this fraction of steps
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -65,6 +70,9 @@ class Seq2SeqConfig:
             raise ValueError("need lr > 0, steps >= 1, warmup >= 0 and eval_every >= 1")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.momentum < 1:
             raise ValueError("label_smoothing and momentum must lie in [0, 1)")
+        if self.stop_stalled is not None and not 0 < self.stop_stalled <= 1:
+            raise ValueError(f"stop_stalled is a fraction of the run in (0, 1], got "
+                             f"{self.stop_stalled!r}")
 
 
 def lr_factor(step: int, cfg: Seq2SeqConfig) -> float:
@@ -96,6 +104,7 @@ class Seq2SeqResult:
     valid_loss: list[float] = field(default_factory=list)  # plain cross-entropy, nats/token
     diverged: bool = False
     diverged_step: int | None = None
+    stalled_step: int | None = None                        # stopped there, still stalled
     seconds: float = 0.0
     cpu_seconds: float = 0.0                               # this process's CPU time
 
@@ -142,7 +151,7 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
     result, start, step = Seq2SeqResult(), time.perf_counter(), 0
     cpu_start = time.process_time()
     window, n_window = torch.zeros((), device=device), 0
-    while step < cfg.steps and not result.diverged:
+    while step < cfg.steps and not result.diverged and result.stalled_step is None:
         for src, tgt in train_batches:
             loss = seq2seq_loss(model, (src.to(device), tgt.to(device)), cfg.label_smoothing)
             optimizer_step(model, loss, opt, sched, cfg.clip)
@@ -163,6 +172,12 @@ def train_seq2seq(model: nn.Module, train_batches: TokenBatches, valid_batches: 
             log.info("%s: update %d/%d, train %.3f, valid %.3f", desc, step, cfg.steps, mean,
                      result.valid_loss[-1])
             if step >= cfg.steps:
+                break
+            valid = result.valid_loss
+            if (cfg.stop_stalled and step >= cfg.stop_stalled * cfg.steps and len(valid) > 1
+                    and valid[-1] > valid[0] - STALL):
+                result.stalled_step = step
+                log.info("%s: still stalled at update %d; stopped", desc, step)
                 break
     result.seconds = time.perf_counter() - start
     result.cpu_seconds = time.process_time() - cpu_start

@@ -7,8 +7,9 @@
   called k times per forward gives k entries ("act", "act#2", ...), in order of first call;
 - for weighted layers (those owning a parameter of dim >= 2), the same sums of their input, or
   that it was not a floating-point signal (an Embedding's ids), for the gains by depth;
-- marked residual branches (`initlab.mark_residual_branch`): RMS of `scale * branch(x)` against
-  RMS of the branch's input x, the skip it is added to.
+- residual connections: for each `initlab.ResidualSum` (`multiplier * x + f_x`), RMS of f_x
+  against RMS of `multiplier * x`; for each marked branch (`initlab.mark_residual_branch`), RMS
+  of `scale * branch(x)` against RMS of the branch's input x, the skip it is added to.
 
 Sums stay on the model's device as float64 tensors; nothing is read back until `finish()`.
 """
@@ -21,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..core.residual import residual_branches
+from ..core.residual import ResidualSum, residual_branches
 
 PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 
@@ -46,13 +47,19 @@ class Sums:
         self.dev: Any = 0.0
 
     def add(self, t: torch.Tensor) -> None:
-        v = t.detach().to(torch.float64)
+        # Two passes over t, accumulating in float64: the column sums over the batch and the
+        # sum of squares; the squared deviations follow as sum x^2 - sum_j (col_j)^2 / B.
+        v = t.detach()
+        squares = torch.linalg.vector_norm(v, dtype=torch.float64).square()
         self.n += v.numel()
-        self.s1 = self.s1 + v.sum()
-        self.s2 = self.s2 + v.square().sum()
+        self.s2 = self.s2 + squares
         if v.dim() >= 1 and v.shape[0] > 1:
+            cols = v.sum(dim=0, dtype=torch.float64)
+            self.s1 = self.s1 + cols.sum()
             self.n_dev += v.numel()
-            self.dev = self.dev + (v - v.mean(dim=0, keepdim=True)).square().sum()
+            self.dev = self.dev + squares - cols.square().sum() / v.shape[0]
+        else:
+            self.s1 = self.s1 + v.sum(dtype=torch.float64)
 
     @property
     def rms(self) -> float:
@@ -66,7 +73,7 @@ class Sums:
     def spread(self) -> float:
         """RMS of the deviation from the batch mean: the part of the signal that depends on
         the input (a layer whose output is its bias has RMS but no spread)."""
-        return math.sqrt(float(self.dev) / self.n_dev) if self.n_dev else math.nan
+        return math.sqrt(max(float(self.dev), 0.0) / self.n_dev) if self.n_dev else math.nan
 
 
 @dataclass
@@ -97,8 +104,9 @@ class Recorder:
         self.active = True
         self.entries: dict[str, Entry] = {}
         self.branches: dict[str, tuple[Sums, Sums]] = {}
-        self.branch_modules: set[str] = set()   # layers inside marked branches
+        self.branch_modules: set[str] = set()   # layers inside marked branches and sums' branches
         self._calls: dict[str, int] = {}
+        self.sources: dict[str, str] = {}       # residual name -> "marked" or "sum"
         self._handles = [model.register_forward_pre_hook(lambda m, a: self._calls.clear())]
         for name, m in watched_layers(model):
             self._handles.append(m.register_forward_hook(self._layer_hook(name, m)))
@@ -106,6 +114,16 @@ class Recorder:
         for b in residual_branches(model):
             self._handles.append(b.branch.register_forward_hook(self._branch_hook(b.name, b.scale)))
             self.branch_modules |= {names[id(m)] for m in b.branch.modules()}
+        for name, m in model.named_modules():
+            if isinstance(m, ResidualSum):
+                self._handles.append(m.register_forward_hook(self._sum_hook(name)))
+                self.branch_modules |= {names[id(c)] for f in m.branch for c in f.modules()
+                                        if id(c) in names}
+
+    @property
+    def has_residuals(self) -> bool:
+        """Marked branches or ResidualSum modules: no need to trace for sums."""
+        return bool(self.sources)
 
     def _layer_hook(self, name: str, module: nn.Module):
         kind, weighted = type(module).__name__, is_weighted(module)
@@ -135,6 +153,17 @@ class Recorder:
             branch, skip = self.branches.setdefault(name, (Sums(), Sums()))
             branch.add(out * scale.detach() if scale is not None else out)
             skip.add(x)
+        self.sources[name] = "marked"
+        return hook
+
+    def _sum_hook(self, name: str):
+        def hook(m: ResidualSum, args: tuple, output: Any) -> None:
+            if not self.active or len(args) < 2:
+                return
+            branch, skip = self.branches.setdefault(name, (Sums(), Sums()))
+            branch.add(args[1])
+            skip.add(args[0] * m.multiplier)
+        self.sources[name] = "sum"
         return hook
 
     def remove(self) -> None:

@@ -10,9 +10,10 @@
   rows zeroed, which leaves the other singular values as they are), the numerical rank
   #{sigma_i > 1e-3 sigma_1} and the stable rank ||X||_F^2 / sigma_1^2, averaged over sequences.
   Rank collapse, all tokens alike, is stable rank -> 1 (Noci et al., NeurIPS 2022).
-- Residual streams of `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer`: each
-  sublayer's output (self-attention, cross-attention, feed-forward) against the stream it is
-  added to: the layer's input, then (Post-LN) the previous norm's output or (Pre-LN) the sum.
+- Residual streams of `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer` (those that
+  do not build their sums from `initlab.ResidualSum`, which record.py measures): each sublayer's
+  output (self-attention, cross-attention, feed-forward) against the stream it is added to: the
+  layer's input, then (Post-LN) the previous norm's output or (Pre-LN) the sum.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.residual import ResidualSum
 from .record import Sums, first_tensor
 
 RANK_TOLERANCE = 1e-3
@@ -121,8 +123,9 @@ class TransformerRecorder:
             if attention:
                 self._handles.append(m.register_forward_pre_hook(self._layer_start(name)))
                 self._hook(m, self._rank_hook(name or "(model)", name, attention[0].batch_first))
-            if isinstance(m, TORCH_LAYERS):
-                self._watch_sublayers(name, m)
+            if isinstance(m, TORCH_LAYERS) and not any(isinstance(c, ResidualSum)
+                                                       for c in m.modules()):
+                self._watch_sublayers(name, m)  # (ResidualSums are measured as such: record.py)
 
     def _hook(self, m: nn.Module, fn: Any, with_kwargs: bool = False) -> None:
         self._handles.append(m.register_forward_hook(fn, with_kwargs=with_kwargs))

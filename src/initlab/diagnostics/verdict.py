@@ -25,7 +25,7 @@ from .result import AttentionStat, BranchStat, Diagnosis, Finding, LayerStat, Ra
 
 SHRINK, GROW, RUN_FACTOR = 0.8, 1.25, 4.0
 TENSOR_SPREAD, LARGE_STEP, SMALL_STEP = 30.0, 0.1, 1e-4
-STALL = 1e-4
+STALL = 1e-3
 DOMINANT = 2.0
 COLLAPSED_ENTROPY, COLLAPSED_RANK = 0.2, 1.5
 
@@ -104,14 +104,14 @@ def loss_findings(d: Diagnosis, transformer: bool) -> list[Finding]:
     if not math.isfinite(d.loss_before):
         return [Finding("explode", ["loss"], f"the held-out loss is {d.loss_before} before any "
                         f"step: {try_methods('kaiming', 'gradinit')}")]
-    if not math.isfinite(d.loss_after) or d.loss_after > d.loss_before:
+    change = (d.loss_after - d.loss_before) / max(abs(d.loss_before), 1e-12)
+    if not math.isfinite(d.loss_after) or change > STALL:
         return [Finding("explode", ["loss"], f"{step} raises the held-out loss from "
                         f"{d.loss_before:.4g} to {d.loss_after:.4g}: lower the learning rate, or "
                         f"{fixes} (GradInit scales the tensors so that this step lowers it)")]
-    drop = (d.loss_before - d.loss_after) / max(abs(d.loss_before), 1e-12)
-    if drop < STALL:
-        return [Finding("stall", ["loss"], f"{step} lowers the held-out loss by only "
-                        f"{100 * drop:.2g} %: training will crawl; {fixes}")]
+    if change > -STALL:
+        return [Finding("stall", ["loss"], f"{step} changes the held-out loss by only "
+                        f"{100 * change:+.2g} %: training will crawl; {fixes}")]
     return []
 
 
@@ -141,9 +141,11 @@ def update_findings(tensors: list[TensorStat]) -> list[Finding]:
                            f"{median:.2g}; {try_methods('gradinit')} (it balances the tensors' "
                            f"scales){lower}"))
     if small:
-        out.append(Finding("vanish", small, f"{listed(small)} hardly move (update/weight under "
-                           f"1/{TENSOR_SPREAD:g} of the median matrix's {median:.2g}): their "
-                           f"gradients vanish; {try_methods('kaiming', 'gradinit')}"))
+        one = len(small) == 1
+        out.append(Finding("vanish", small, f"{listed(small)} hardly move{'s' if one else ''} "
+                           f"(update/weight under 1/{TENSOR_SPREAD:g} of the median matrix's "
+                           f"{median:.2g}): {'its gradient vanishes' if one else 'their gradients vanish'}"
+                           f"; {try_methods('kaiming', 'gradinit')}"))
     return out
 
 
@@ -152,13 +154,15 @@ def branch_findings(branches: list[BranchStat]) -> list[Finding]:
     if not loud:
         return []
     top = max(b.ratio for b in loud)
-    sublayer = all(b.source == "sublayer" for b in loud)
-    fixes = (try_methods("admin", "tfixup", "gradinit") if sublayer
+    sublayer = all(b.source in ("sublayer", "sum") for b in loud)  # Transformer-style sums
+    fixes = (try_methods("admin", "deepnet", "tfixup", "gradinit") if sublayer
              else try_methods("fixup", "skipinit", "gradinit") + " (Fixup and SkipInit start each "
              "branch at zero)")
+    what = ("the residual branch of {} outweighs its skip" if len(loud) == 1
+            else "the residual branches of {} outweigh their skips")
     return [Finding("dominate", [b.name for b in loud],
-                    f"the residual branches of {listed([b.name for b in loud])} outweigh their "
-                    f"skips (up to {top:.3g}× the skip's RMS): {fixes}")]
+                    what.format(listed([b.name for b in loud]))
+                    + f" (up to {top:.3g}× the skip's RMS): {fixes}")]
 
 
 def attention_findings(attention: list[AttentionStat], ranks: list[RankStat]) -> list[Finding]:
@@ -166,8 +170,8 @@ def attention_findings(attention: list[AttentionStat], ranks: list[RankStat]) ->
     peaked = [a.name for a in attention if any(v < COLLAPSED_ENTROPY for v in a.normalized)]
     if peaked:
         out.append(Finding("collapse", peaked, f"heads of {listed(peaked)} attend to one token "
-                           f"(entropy under {COLLAPSED_ENTROPY:g} of uniform): lower the learning "
-                           f"rate or {try_methods('admin', 'tfixup')}"))
+                           f"(entropy under {COLLAPSED_ENTROPY:g} of uniform): the query/key "
+                           f"weights are too large; {try_methods('xavier', 'tfixup', 'gradinit')}"))
     flat = [r for r in ranks if r.stable_rank < COLLAPSED_RANK and r.full_rank >= 4]
     if flat:
         out.append(Finding("collapse", [r.name for r in flat],

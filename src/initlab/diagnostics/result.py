@@ -51,7 +51,9 @@ class BranchStat:
     name: str
     branch_rms: float
     skip_rms: float
-    source: str            # "marked" (mark_residual_branch), "sublayer" (nn.Transformer*Layer), "traced"
+    # "sum" (initlab.ResidualSum), "marked" (mark_residual_branch), "sublayer" (torch's
+    # Transformer layers), "traced" (found by torch.fx)
+    source: str
 
     @property
     def ratio(self) -> float:

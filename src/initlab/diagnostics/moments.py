@@ -1,8 +1,8 @@
 """Measured against predicted signal statistics per layer (for AutoInit's report).
 
     report = initlab.autoinit(model, x)
-    measured = initlab.diagnose.layer_moments(model, x)      # forward hooks, one batch
-    initlab.diagnose.plot_autoinit(report, measured, "variance.png")
+    measured = initlab.diagnostics.layer_moments(model, x)      # forward hooks, one batch
+    initlab.diagnostics.plot_autoinit(report, measured, "variance.png")
 
 matplotlib is an optional extra (`pip install initlab[lab]`).
 """

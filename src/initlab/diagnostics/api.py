@@ -12,12 +12,13 @@ Residual sums found by tracing and MultiheadAttention weights are extra computat
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -27,9 +28,8 @@ from ..core.finish import unchanged_on_error
 from ..core.loss import LossFn, default_loss
 from ..core.modes import search_mode
 from ..core.params import trainable_params
-from ..core.residual import residual_branches
 from ..core.rng import kept_rng
-from .record import Recorder, Sums
+from .record import Recorder
 from .result import AttentionStat, BranchStat, Diagnosis, LayerStat, RankStat, TensorStat
 from .step import OPTIMIZERS, OptimizerSpec, accumulate, copies_of, held_out_loss, make_optimizer
 from .trace import SumRecorder
@@ -56,23 +56,29 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
     device = specs[0].param.device
     loss_fn = loss_fn or default_loss
     start = time.perf_counter()
-    with unchanged_on_error("diagnose"), kept_rng(device), search_mode(model):
+    with unchanged_on_error("diagnose"), kept_rng(device), search_mode(model), kept_grads(model):
         drawn = draw(data, batches, device)
         step_batches, held_out = drawn[:-1], drawn[-1]
-        recorder, attention = Recorder(model), TransformerRecorder(model)
-        sums = None if residual_branches(model) else SumRecorder(model, mute=_muter(recorder, attention))
-        copies = copies_of(specs)
+        with contextlib.ExitStack() as hooks:  # every hook comes off, whatever happens
+            recorder = Recorder(model)
+            hooks.callback(recorder.remove)
+            attention = TransformerRecorder(model)
+            hooks.callback(attention.remove)
+            sums = None
+            if not recorder.has_residuals:  # marked branches and ResidualSums say it all
+                sums = SumRecorder(model, mute=_muter(recorder, attention))
+                hooks.callback(sums.remove)
+            copies = copies_of(specs)
 
-        def first_batch_only(i: int) -> None:
-            if sums is not None:  # the traced reruns cost a forward each: the first batch only
-                sums.active = False
+            def first_batch_only(i: int) -> None:
+                if sums is not None:  # the traced reruns cost a forward each: the first batch
+                    sums.active = False
 
-        try:
             losses = accumulate(model, copies, loss_fn, step_batches, after=first_batch_only)
-        finally:
-            for r in (recorder, attention, sums):
-                if r is not None:
-                    r.remove()
+        if all(c.grad is None for c in copies.values()):
+            raise ValueError("the loss does not reach the model's parameters through the `model` "
+                             "it was given; did loss_fn call a captured reference to the real "
+                             "model (or model.submodule(...)) instead of its `model` argument?")
         originals = {s.name: s.param.detach() for s in specs}
         grads = {name: None if c.grad is None else c.grad.detach().clone()
                  for name, c in copies.items()}
@@ -98,6 +104,18 @@ def diagnose(model: nn.Module, data: Iterable, *, lr: Optional[float] = None,
                   settings=settings, seconds=time.perf_counter() - start, label=label)
     d.findings = judge(d)
     return d
+
+
+@contextlib.contextmanager
+def kept_grads(model: nn.Module) -> Iterator[None]:
+    """The parameters' `.grad` as they were (a loss_fn that calls the real model would add to
+    them)."""
+    saved = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, g in saved:
+            p.grad = g
 
 
 def check_settings(lr: Optional[float], optimizer: OptimizerSpec, momentum: float,
@@ -168,8 +186,7 @@ def layer_stats(recorder: Recorder, in_branches: set[str]) -> list[LayerStat]:
 
 def branch_stats(recorder: Recorder, attention: TransformerRecorder,
                  sums: Optional[SumRecorder]) -> list[BranchStat]:
-    found: list[tuple[str, dict[str, tuple[Sums, Sums]]]] = [
-        ("marked", recorder.branches), ("sublayer", attention.branches),
-        ("traced", sums.branches if sums is not None else {})]
-    return [BranchStat(name, b.rms, s.rms, source)
-            for source, table in found for name, (b, s) in table.items()]
+    found = [(recorder.sources[name], name, pair) for name, pair in recorder.branches.items()]
+    found += [("sublayer", name, pair) for name, pair in attention.branches.items()]
+    found += [("traced", name, pair) for name, pair in (sums.branches if sums else {}).items()]
+    return [BranchStat(name, b.rms, s.rms, source) for source, name, (b, s) in found]

@@ -1,16 +1,18 @@
 """Residual sums found by tracing, for networks whose branches are not marked.
 
-`SumRecorder(model)` traces the model with `torch.fx` (leaves: modules without children, and
-`nn.MultiheadAttention`); where the model does not trace (data-dependent control flow), each
-child is tried instead, recursively. In a traced graph an addition `a + b` of two computed
-values of one shape is a residual sum when, counting only the nodes each operand does not share
-with the other, one side passes through more parameterized modules than the other: that side is
-the branch, the other the skip (`x + f(x)`, `relu(shortcut(x) + conv(conv(x)))`). While
-`active`, each traced module's graph is run again, without gradients and with `mute` on, on the
-inputs the module received in the real forward, and both operands of every sum are measured.
+`SumRecorder(model)` traces the model with `torch.fx` (leaves: modules without children,
+`nn.MultiheadAttention` and torch's Transformer layers); where the model does not trace
+(data-dependent control flow), each child is tried instead, recursively. In a traced graph an
+addition `a + b` of two computed values of one shape is a residual sum when both depend on the
+same input and, counting only the nodes each operand does not share with the other, one side
+passes through more parameterized modules than the other: that side is the branch, the other
+the skip (`x + f(x)`, `relu(shortcut(x) + conv(conv(x)))`). While `active`, each traced
+module's graph is run again, without gradients and with `mute` on, on the inputs the module
+received in the real forward, and both operands of every sum are measured.
 """
 from __future__ import annotations
 
+import logging
 import operator
 from typing import Any, Callable, Optional
 
@@ -21,17 +23,22 @@ from torch import nn
 from .record import Sums, first_tensor
 from .transformer import TORCH_LAYERS
 
+log = logging.getLogger(__name__)
 ADDS = {operator.add, operator.iadd, torch.add}
 
 
-class _Tracer(fx.Tracer):
+class LeafTracer(fx.Tracer):
+    """Leaves: attention, torch's Transformer layers (their sublayers are measured by hooks, see
+    transformer.py) and modules without children."""
+
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, nn.MultiheadAttention) or next(m.children(), None) is None
+        return (isinstance(m, (nn.MultiheadAttention, *TORCH_LAYERS))
+                or next(m.children(), None) is None)
 
 
 def _traced(module: nn.Module) -> Optional[fx.GraphModule]:
     try:
-        return fx.GraphModule(module, _Tracer().trace(module))
+        return fx.GraphModule(module, LeafTracer().trace(module))
     except Exception:  # any failure to trace means: try the children
         return None
 
@@ -43,6 +50,7 @@ def residual_sums(gm: fx.GraphModule, prefix: str = "",
     modules = dict(gm.named_modules())
     ancestors: dict[fx.Node, int] = {}        # bit i set: node i is an ancestor (or the node)
     weighted = 0                              # bits of calls of modules that hold parameters
+    inputs = 0                                # bits of the placeholders
     found: dict[fx.Node, tuple[str, int]] = {}
     per_block: dict[str, int] = {}
     nodes = list(gm.graph.nodes)
@@ -50,11 +58,15 @@ def residual_sums(gm: fx.GraphModule, prefix: str = "",
         ancestors[n] = (1 << i) | _union(ancestors[a] for a in n.all_input_nodes)
         if n.op == "call_module" and next(modules[n.target].parameters(), None) is not None:
             weighted |= 1 << i
+        if n.op == "placeholder":
+            inputs |= 1 << i
         is_add = ((n.op == "call_function" and n.target in ADDS)
                   or (n.op == "call_method" and n.target in ("add", "add_")))
         if not is_add or len(n.args) < 2 or not all(isinstance(a, fx.Node) for a in n.args[:2]):
             continue
         a, b = n.args[:2]
+        if not ancestors[a] & ancestors[b] & inputs:  # both sides must carry the input's signal
+            continue
         wa = bin(ancestors[a] & ~ancestors[b] & weighted).count("1")
         wb = bin(ancestors[b] & ~ancestors[a] & weighted).count("1")
         if wa == wb:
@@ -139,6 +151,8 @@ class SumRecorder:
             try:
                 with torch.no_grad():
                     _Measure(gm, sums, self.branches).run(*_bind(gm, args, kwargs))
+            except Exception as e:  # a trace that does not rerun: no sums from it, no failure
+                log.debug("traced sums of %s not measured: %s", type(m).__name__, e)
             finally:
                 self._mute(False)
         return hook
