@@ -312,6 +312,7 @@ class GraphRun:
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, keep: Callable[[fx.Node], bool]):
         super().__init__(gm)
+        self.extra_traceback = False       # the model's own exceptions pass through unchanged
         self.keep = keep
         self.shapes: dict[str, Any] = {}
         self.values: dict[str, Any] = {}

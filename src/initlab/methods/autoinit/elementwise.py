@@ -112,7 +112,8 @@ def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
     equal statistics computed once). With scale classes, per class (3 or 5 scales evaluated,
     interpolated in between); the classes' different means vary over positions (local). Given
     the `elements` of one position, each position's mean square of f(x) fluctuates around its
-    class's, which spreads the classes (`statistics.spread`)."""
+    class's beyond what its input's mean square did (the slope of f's second moment in the
+    scale times that): this spreads the classes (`statistics.spread`)."""
     shape = x.mean.shape
     inverse, stats, law = _buckets(x)
     counts = torch.bincount(inverse, minlength=stats.shape[0]).double()
@@ -130,6 +131,8 @@ def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
         results.append(expectation(f, mean * r, var * gk, shared * gk, law, points))
     m, s2, s4, sh = (torch.stack([res[i] for res in results]) for i in range(4))   # (A, U)
     fq = results[len(results) // 2][4]
+    slope = 1.0 if at.numel() == 1 else float(
+        ((s2[-1] * counts).sum() / (s2[0] * counts).sum()).log() / (at[-1] / at[0]).log())
     if g is not None and at.numel() > 1:        # positive ones in log, so they stay positive
         m, sh = _interpolated(m, at, g), _interpolated(sh, at, g).clamp_min(0)
         s2, s4 = (_interpolated(t.clamp_min(1e-300).log(), at, g).exp() for t in (s2, s4))
@@ -140,7 +143,11 @@ def apply(f: Callable[[torch.Tensor], torch.Tensor], x: Moments, points: int,
     per_class = (s2 * counts).sum(1)
     scales = None if g is None or not float(per_class.mean()) > 0 else \
         per_class / per_class.mean()
-    noise = _noise(out_second, s4.mean(0), counts, elements)
+    # what a position's mean square of f(x) adds to the fluctuation its input's already has
+    second_in = var + mean ** 2
+    noise = max(0.0, _noise(out_second, s4.mean(0), counts, elements) - slope ** 2 *
+                _noise(second_in, second_in ** 2 + 2 * var ** 2 + 4 * mean ** 2 * var, counts,
+                       elements))
     out_law = standardize(fq)
     out_law = None if is_normal(out_law) else out_law[inverse].reshape(*shape, -1)
 

@@ -33,7 +33,7 @@ from .elementwise import channel_law
 from .geometry import ConvCall, dense
 from .pooling import matmul
 from .registry import register_moment_map
-from .statistics import Moments, cornish_fisher, fixed, law_cumulants, narrowed
+from .statistics import Moments, cornish_fisher, fixed, law_cumulants, narrowed, spread
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,25 @@ def weighted(ctx: MapContext, name: str, weight: torch.Tensor, bias: Optional[to
 
 
 def outputs(x: Moments, shape: tuple[int, ...], conv: Optional[ConvCall], w: torch.Tensor,
-            b: Optional[torch.Tensor]) -> Moments:
-    return linear_outputs(x, shape, w, b) if conv is None else conv_outputs(x, shape, conv, w, b)
+            b: Optional[torch.Tensor], orthogonal: bool = False) -> Moments:
+    y = linear_outputs(x, shape, w, b) if conv is None else conv_outputs(x, shape, conv, w, b)
+    positions = math.prod(shape[1:]) if conv is not None else math.prod(shape[:-1])
+    return y.with_(scales=spread(y.scales, layer_noise(y, w, orthogonal,
+                                                       positions if y.sample_wide else 1)))
+
+
+def layer_noise(y: Moments, w: torch.Tensor, orthogonal: bool, positions: int = 1) -> float:
+    """Relative variance of one position's (with per-sample classes: one sample's) mean square
+    over a layer's output units, given its input: units with i.i.d. weights are independent
+    normals around their own means (2 / units, with the means' share); orthonormal rows only
+    fluctuate by the part of the input they do not keep (none for a square layer)."""
+    out, fan_in = w.shape[0], w[0].numel()
+    second = float(y.second.mean())
+    if not second > 0:
+        return 0.0
+    tau = 2 * float((y.var ** 2 + 2 * y.mean ** 2 * y.var).mean()) / (
+        second ** 2 * out * positions)
+    return tau * max(0.0, 1 - out / fan_in) if orthogonal else tau
 
 
 def draw(ctx: MapContext, name: str, like: torch.Tensor, x: Moments, shape: tuple[int, ...],
@@ -183,7 +200,7 @@ def draw(ctx: MapContext, name: str, like: torch.Tensor, x: Moments, shape: tupl
             w = ctx.weights.draw(like, std, groups, centered)
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from e
-        y = outputs(x, shape, conv, w, None)
+        y = outputs(x, shape, conv, w, None, cfg.distribution.endswith("orthogonal"))
         var = y.pooled()[1]
         if not centered or var >= MIN_CENTERED * cfg.signal_variance:
             break
