@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -44,10 +45,12 @@ def seconds(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) 
     """Median over `repeats` calls, on `clock` (wall time, or this process's CPU time, which a
     busy machine inflates less)."""
     times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "already initialized": a repeat, on purpose
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            times.append(clock() - start)
     return statistics.median(times)
 
 
