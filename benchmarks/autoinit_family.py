@@ -328,7 +328,7 @@ def ablate(names: list[str]) -> None:
     """Switch AutoInit mechanisms off by patching the library (this process only):
     "scales" (per-sample scale classes), "laws" (non-normal laws), "fusion" (elementwise chains
     on one tensor as one function)."""
-    from initlab.methods.autoinit import elementwise, layers, pooling, propagate, statistics
+    from initlab.methods.autoinit import arithmetic, elementwise, laws, layers, pooling, propagate
     for name in names:
         if name == "scales":
             propagate.chi_square_scales = lambda n, classes=16: None
@@ -337,7 +337,7 @@ def ablate(names: list[str]) -> None:
             elementwise.is_normal = lambda law, *a, **k: True
             layers.cornish_fisher = lambda k3, k4: None
             pooling.channel_law = lambda x: None
-            statistics.is_normal = elementwise.is_normal
+            laws.is_normal = arithmetic.is_normal = elementwise.is_normal
         elif name == "fusion":
             propagate.elementwise_root = lambda *args: None
         else:

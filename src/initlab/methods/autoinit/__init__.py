@@ -5,13 +5,23 @@ initialization from the model's traced graph.
     register_moment_map(MyBlock, my_map)                # how MyBlock changes the statistics
     register_elementwise(my_activation)                 # an elementwise function: quadrature
 
-Layout: `api` (the entry point and what departs from the paper), `config`, `moments` (the
-statistics and their numerics), `registry` (maps and their traits), `context` (what a map
-sees), `weights` (the draws), `propagate` (the engine), and the maps: `layers`, `elementwise`,
-`layout`, `norms`, `pooling`, `attention`, `aten` (torch.export graphs). Measured accuracy and
-cost: RESULTS.md.
+Layout: `api` (the entry point and what departs from the paper), `config`, `statistics`
+(`Moments`), `laws` (quadrature and non-normal laws), `scales` (scale classes), `registry`
+(maps and their traits), `context` (what a map sees), `weights` and `draws` (the weights),
+`geometry` (convolutions), `propagate` (the engine), and the maps: `layers`, `elementwise`,
+`arithmetic`, `layout`, `norms`, `pooling`, `attention`, `aten` (torch.export graphs).
+Measured accuracy and cost: RESULTS.md.
 """
-from . import aten, attention, elementwise, layers, layout, norms, pooling  # noqa: F401  (maps)
+from . import (  # noqa: F401  (the maps register themselves)
+    arithmetic,
+    aten,
+    attention,
+    elementwise,
+    layers,
+    layout,
+    norms,
+    pooling,
+)
 from .api import autoinit
 from .config import AutoInitConfig
 from .context import MapContext

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .elementwise import add, cat, div, elementwise, mul, neg, sub
+from .arithmetic import add, cat, div, mul, neg, sub
+from .elementwise import elementwise
 from .layers import conv_function, embedding_function, linear_function, matmul_function
 from .norms import dropout, layer_norm
 from .pooling import reduce, sdpa, softmax, upsample

@@ -1,19 +1,13 @@
-"""Moment maps of elementwise operations: activations and any f(x) by quadrature, arithmetic on
-independent tensors, concatenation.
+"""Moment maps of elementwise functions: activations and any f(x) by quadrature.
 
 Contract:
 - `elementwise`: y = f(x) for one signal x (other inputs Python numbers or one-element
-  tensors): E f(X) and E f(X)^2 per channel by Gauss-Hermite quadrature of the operation itself
-  (the paper's rule), its law from x's particles (`statistics.expectation`).
+  tensors): E f(X) and E f(X)^2 element by element by Gauss-Hermite quadrature of the operation
+  itself (the paper's rule), its law from x's particles (`laws.expectation`), per scale class.
 - A chain of elementwise operations that all read one tensor r, such as
   `x * torch.sigmoid(x)` or GPT-2's tanh GELU written out, is one function of r: `fused`
-  evaluates the whole chain on r's quadrature nodes. Only operands with different roots are
-  treated as independent.
-- `add`, `sub`, `mul`, `div`, `neg` for independent operands (one may be a constant): means and
-  second moments combine exactly (products: E[(ab)^2] = E a^2 E b^2); channel by channel where
-  both have the same channels, else pooled.
-- `cat`: along a channel dim the channels are joined; along a position dim each channel is a
-  mixture of the parts by their sizes.
+  evaluates the whole chain on r's quadrature nodes (the engine decides when,
+  `propagate.elementwise_root`). Arithmetic on independent operands: `arithmetic.py`.
 """
 from __future__ import annotations
 
@@ -26,17 +20,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .context import MapContext
+from .laws import expectation, is_normal, standardize
 from .registry import register_moment_map
-from .statistics import (
-    Moments,
-    constant,
-    expectation,
-    is_normal,
-    mixed_scales,
-    spread,
-    standardize,
-    sum_law,
-)
+from .scales import spread
+from .statistics import Moments
 
 
 def _scalar(v: Any) -> bool:
@@ -52,10 +39,10 @@ def elementwise(ctx: MapContext) -> Any:
                                     if a is not signals[0]):
         return NotImplemented
     return apply(ctx.evaluate, _moments_of(ctx, signals[0]), ctx.quadrature_points,
-                 _per_sample(ctx))
+                 position_elements(ctx))
 
 
-def _per_sample(ctx: MapContext) -> int:
+def position_elements(ctx: MapContext) -> int:
     """Elements of one position of the output (the product of its channel dims), or of one
     sample where it has no channel dims or its scale classes are per sample: what a scale
     class averages over."""
@@ -213,17 +200,10 @@ def fused(ctx: MapContext, root: fx.Node) -> Moments:
             memo[n] = out
             return out
         return value(ctx.node).double()
-    return apply(f, _moments_of(ctx, root), ctx.quadrature_points, _per_sample(ctx))
+    return apply(f, _moments_of(ctx, root), ctx.quadrature_points, position_elements(ctx))
 
 
 # -- independent operands -------------------------------------------------------------------------
-def _operand(ctx: MapContext, i: int, name: str) -> Optional[Moments]:
-    a = ctx.arg(i, name)
-    if isinstance(a, Moments) or a is None:
-        return a
-    return constant(a)
-
-
 def channel_law(x: Moments) -> Optional[torch.Tensor]:
     """x's law with positions averaged out (quantile by quantile): one per channel."""
     if x.law is None:
@@ -233,136 +213,6 @@ def channel_law(x: Moments) -> Optional[torch.Tensor]:
         if law.shape[d] > 1 and d - (law.dim() - 1) not in x.channels:
             law = law.mean(d, keepdim=True)
     return standardize(law)
-
-
-def _channel_sd(x: Moments, like: torch.Tensor) -> torch.Tensor:
-    """x's standard deviation averaged over positions, shaped like a per-channel law minus K."""
-    sd = x.var.sqrt()
-    shape = like.shape[:-1]
-    sd = sd.reshape((1,) * (len(shape) - sd.dim()) + tuple(sd.shape)) if sd.dim() < len(shape) \
-        else sd
-    for d in range(sd.dim()):
-        if d < len(shape) and shape[d] == 1 and sd.shape[d] > 1:
-            sd = sd.mean(d, keepdim=True)
-    return sd
-
-
-def total(a: Moments, b: Moments, alpha: float = 1.0) -> Moments:
-    """a + alpha * b for independent a, b."""
-    law = None
-    if a.law is not None or b.law is not None:
-        la, lb = channel_law(a), channel_law(b)
-        ref = la if la is not None else lb
-        lb = lb if lb is None or alpha >= 0 else -lb.flip(-1)
-        law = sum_law(_channel_sd(a, ref), la, abs(alpha) * _channel_sd(b, ref), lb)
-        law = None if is_normal(law) else law
-    scales = mixed_scales([(a.scales, float(a.second.mean())),
-                           (b.scales, alpha ** 2 * float(b.second.mean()))])
-    return Moments(a.mean + alpha * b.mean, a.var + alpha ** 2 * b.var,
-                   a.shared + alpha ** 2 * b.shared, tuple(set(a.channels) | set(b.channels)),
-                   law, scales, a.sample_wide or b.sample_wide).compact()
-
-
-def product(a: Moments, b: Moments) -> Moments:
-    """a * b for independent a, b: E = mu_a mu_b, E[(ab)^2] = E a^2 E b^2."""
-    mean = a.mean * b.mean
-    shared = a.mean ** 2 * b.shared + b.mean ** 2 * a.shared + a.shared * b.shared
-    scales = a.scales if b.scales is None else b.scales if a.scales is None else \
-        a.scales * b.scales / (a.scales * b.scales).mean()
-    return Moments(mean, a.second * b.second - mean ** 2, shared,
-                   tuple(set(a.channels) | set(b.channels)), None, scales,
-                   a.sample_wide or b.sample_wide).compact()
-
-
-def _same(ctx: MapContext) -> bool:
-    raw = ctx.raw_args
-    return len(raw) > 1 and isinstance(raw[0], fx.Node) and raw[0] is raw[1]
-
-
-def add(ctx: MapContext) -> Any:
-    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
-    alpha = float(ctx.value(ctx.node.kwargs.get("alpha", 1)))
-    if a is None or b is None:
-        return a or b
-    if _same(ctx):
-        return a.scaled(1 + alpha)
-    return total(a, b, alpha)
-
-
-def sub(ctx: MapContext) -> Any:
-    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
-    if _same(ctx):
-        return Moments(0.0, 0.0)
-    if a is None or b is None:
-        return a or b
-    return total(a, b, -float(ctx.value(ctx.node.kwargs.get("alpha", 1))))
-
-
-def mul(ctx: MapContext) -> Any:
-    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
-    if _same(ctx):
-        return apply(lambda z: z * z, a, ctx.quadrature_points, _per_sample(ctx))
-    if a is None or b is None:
-        return a or b
-    for x, c in ((a, b), (b, a)):
-        if c.is_constant() and c.mean.numel() == 1:
-            return x.scaled(float(c.mean))
-    return product(a, b)
-
-
-def div(ctx: MapContext) -> Any:
-    a, b = _operand(ctx, 0, "input"), _operand(ctx, 1, "other")
-    if isinstance(ctx.args[0], Moments) and b is not None and b.is_constant() and \
-            b.mean.numel() == 1 and float(b.mean) != 0:
-        return a.scaled(1 / float(b.mean))
-    return elementwise(ctx)           # c / x: a function of x (x / y is NotImplemented)
-
-
-def neg(ctx: MapContext) -> Any:
-    return ctx.first().scaled(-1.0)
-
-
-# -- concatenation --------------------------------------------------------------------------------
-def cat(ctx: MapContext) -> Any:
-    """torch.cat / torch.stack: the parts' statistics, expanded to their shapes, joined along
-    the same dim (their channels too); a part without statistics (an integer tensor) as zeros."""
-    nodes = ctx.raw_arg(0, "tensors")
-    parts = [p if isinstance(p, Moments) else constant(p) for p in ctx.arg(0, "tensors")]
-    if all(p is None for p in parts):
-        return None
-    stack = "stack" in getattr(ctx.node.target, "__name__", str(ctx.node.target))
-    out = ctx.out_shape
-    dim = int(ctx.value(ctx.raw_arg(1, "dim", 0))) % len(out)
-    shapes = [tuple(ctx.shape(n)[1:]) if isinstance(n, fx.Node) else None for n in nodes]
-    full = [(p or Moments(0.0, 0.0)).expand(s) for p, s in zip(parts, shapes)]
-    d = dim - 1
-    join = torch.stack if stack else torch.cat
-    stats = [join([getattr(p, f) for p in full], d) for f in ("mean", "var", "shared")]
-    nd = len(out) - 1
-    channels = {c for p in full for c in p.channels}
-    if stack:                           # a new dim at d: the dims before it count one more
-        channels = {c if c + nd - 1 >= d else c - 1 for c in channels}
-    law = None
-    if not stack and any(p.law is not None for p in full):
-        laws = [channel_law(p) if p.law is not None else None for p in full]
-        ref = next(q for q in laws if q is not None)
-        law = ref if (d - nd) not in channels else None
-        if law is None:
-            pieces = []
-            for q, s in zip(laws, shapes):
-                q = _normal_row(ref).reshape((1,) * nd + (-1,)) if q is None else q
-                q = q.reshape((1,) * (nd + 1 - q.dim()) + tuple(q.shape))
-                pieces.append(q.expand(*[s[i] if i == d else q.shape[i] for i in range(nd)], -1))
-            law = torch.cat(pieces, d)
-    scales = mixed_scales([(p.scales, float(p.second.mean()) * math.prod(s))
-                           for p, s in zip(full, shapes)])
-    return Moments(*stats, tuple(channels), law, scales,
-                   any(p.sample_wide for p in full)).compact()
-
-
-def _normal_row(ref: torch.Tensor) -> torch.Tensor:
-    from .statistics import normal_particles
-    return normal_particles(ref.shape[-1])
 
 
 def register_elementwise(*targets: Any) -> None:
@@ -386,15 +236,3 @@ ACTIVATIONS = (
 )
 for _t in ACTIVATIONS:
     register_moment_map(_t, elementwise, per_channel=True, elementwise=True)
-for _t in (operator.add, torch.add, "add", operator.iadd, "add_"):
-    register_moment_map(_t, add, per_channel=True, elementwise=True)
-for _t in (operator.sub, torch.sub, "sub", operator.isub, "sub_", torch.rsub):
-    register_moment_map(_t, sub, per_channel=True, elementwise=True)
-for _t in (operator.mul, torch.mul, "mul", operator.imul, "mul_"):
-    register_moment_map(_t, mul, per_channel=True, elementwise=True)
-for _t in (operator.truediv, torch.div, "div", operator.itruediv, "div_"):
-    register_moment_map(_t, div, per_channel=True, elementwise=True)
-for _t in (operator.neg, torch.neg, "neg"):
-    register_moment_map(_t, neg, per_channel=True, elementwise=True)
-for _t in (torch.cat, torch.concat, torch.stack):
-    register_moment_map(_t, cat, per_channel=True)

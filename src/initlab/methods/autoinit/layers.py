@@ -31,9 +31,11 @@ from torch import fx, nn
 from .context import MapContext
 from .elementwise import channel_law
 from .geometry import ConvCall, dense
+from .laws import cornish_fisher, law_cumulants
 from .pooling import matmul
 from .registry import register_moment_map
-from .statistics import Moments, cornish_fisher, fixed, law_cumulants, narrowed, spread
+from .scales import narrowed, spread
+from .statistics import Moments, fixed
 
 log = logging.getLogger(__name__)
 

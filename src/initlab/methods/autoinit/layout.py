@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from .context import MapContext
+from .elementwise import channel_law
 from .registry import register_moment_map
 from .statistics import Moments
 
@@ -132,7 +133,6 @@ def pad(ctx: MapContext) -> Any:
         return torch.nn.functional.pad(t.unsqueeze(0), list(widths), value=fill)[0]
     law = None
     if x.law is not None:
-        from .elementwise import channel_law
         law = channel_law(x)
     nd = len(shape) - 1
     grown = {nd - 1 - i // 2 for i, w in enumerate(widths) if w}     # per-sample dims padded

@@ -24,8 +24,10 @@ from torch import fx, nn
 
 from .context import MapContext
 from .elementwise import channel_law
+from .laws import standardize, sum_law
 from .registry import register_moment_map
-from .statistics import Moments, constant, narrowed, standardize, sum_law
+from .scales import narrowed
+from .statistics import Moments, constant
 
 
 def _name(ctx: MapContext) -> str:
@@ -161,7 +163,7 @@ def _maximum(x: Moments, k: int, law: Optional[torch.Tensor]) -> Moments:
 
 def requantize_rows(top: torch.Tensor) -> torch.Tensor:
     """Quantile rows (R, 1024) to particles (R, PARTICLES): block means."""
-    from .statistics import PARTICLES
+    from .laws import PARTICLES
     return top.reshape(top.shape[0], PARTICLES, -1).mean(-1)
 
 

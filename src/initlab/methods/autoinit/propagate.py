@@ -30,7 +30,8 @@ from .context import MapContext, Run
 from .elementwise import fused
 from .layout import follow
 from .registry import MapSpec, find_map
-from .statistics import Moments, chi_square_scales, fixed
+from .scales import chi_square_scales
+from .statistics import Moments, fixed
 
 #: Functions that read a parameter as a table (their output is a signal without a signal input).
 _TABLES = {F.embedding, torch.ops.aten.embedding.default, torch.ops.aten.embedding}
