@@ -7,6 +7,7 @@ from torch import nn
 
 import initlab
 from helpers.methods import ResMLP, assert_same, mlp, snapshot
+from initlab.methods.fixup import branch_factor
 
 
 def he_std_fan_out(w):
@@ -79,7 +80,9 @@ def test_refuses_unknown_classifier_unchanged():
 
 
 def test_one_layer_branches_are_zeroed_with_nothing_to_scale():
-    model = ResMLP(n_blocks=3, m=1, width=8)   # L^(-1/(2m-2)) is undefined at m = 1
+    assert branch_factor(3, 1) == 1.0           # L^(-1/(2m-2)) is undefined at m = 1
+    assert branch_factor(16, 3) == pytest.approx(0.5)
+    model = ResMLP(n_blocks=3, m=1, width=8)
     initlab.initialize(model, "fixup", seed=0)
     for block in model.blocks:
         assert torch.count_nonzero(block.branch[0].weight) == 0
