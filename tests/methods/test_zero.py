@@ -7,7 +7,7 @@ from torch import nn
 
 import initlab
 from helpers.methods import assert_same, snapshot
-from initlab.methods.zero import sylvester_hadamard, zero_matrix
+from initlab.methods.zero import sylvester_hadamard, zero_matrix, zero_weight
 
 
 def kron_hadamard(p):
@@ -95,3 +95,10 @@ def test_refuses_a_model_without_layers_unchanged():
     with pytest.raises(ValueError, match="Linear/Conv"):
         initlab.initialize(model, "zero")
     assert_same(model, before)
+
+
+def test_zero_weight_alone_defaults_to_one_group():
+    torch.testing.assert_close(zero_weight(torch.empty(3, 5)), torch.eye(3, 5), rtol=0, atol=0)
+    w = zero_weight(torch.empty(4, 2, 3))               # a Conv1d weight: the center tap
+    torch.testing.assert_close(w[:, :, 1], zero_matrix(4, 2).float(), rtol=0, atol=0)
+    assert torch.count_nonzero(w[:, :, [0, 2]]) == 0
