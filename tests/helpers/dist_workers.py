@@ -103,23 +103,28 @@ def union_of_thirds(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 # Beyond the tanh MLP on equal tuple batches: (model, rank's batches, one-process batches,
-# loss_fn, settings). Both branches occur in each (checked by the test).
+# loss_fn, settings). Both branches occur in each (checked by the test). The authors' search,
+# whose S = B0 u B1 (or thirds of one batch) these were built for.
 CASES: dict[str, tuple] = {
     "batchnorm": (bn_mlp, tagged_batches, lambda: union_of(tagged_batches), per_rank_loss,
-                  dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.4)),
+                  dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.4, faithful=True)),
     "dict": (DictNet, dict_batches, lambda: union_of(dict_batches), None,
-             dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35)),
+             dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35, faithful=True)),
     "split": (mlp, rank_batches, union_of_thirds, None,
-              dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, batching="split")),
+              dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, batching="split",
+                    faithful=True)),
 }
 
 
-# Settings of the equality runs: both branches occur (checked by the test).
+# Settings of the equality runs: both branches occur (checked by the test). The authors' search
+# (faithful) and the default one (warm start, stopping rule, guard: every decision collective).
 RUNS: dict[str, dict[str, Any]] = {
-    "sgd": dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35),
-    "adam": dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, overlap=False),
+    "sgd": dict(target="sgd", lr=0.1, steps=12, scale_lr=0.05, gamma=0.35, faithful=True),
+    "adam": dict(target="adam", lr=0.01, steps=10, scale_lr=0.05, gamma=3.0, overlap=False,
+                 faithful=True),
     "second_order": dict(target="sgd", lr=0.1, steps=8, scale_lr=0.05, gamma=0.35,
-                         normalize_grad=False, second_order=True),
+                         normalize_grad=False, second_order=True, faithful=True),
+    "default": dict(target="sgd", lr=0.1, steps=40, patience=4, gamma=1.0),
 }
 ALPHA = torch.tensor([0.8, 1.3, 0.6, 1.1, 0.9, 1.2], dtype=torch.float64)
 
@@ -152,7 +157,8 @@ def scenarios(rank: int) -> dict[str, Any]:
         model = mlp(0)
         report = initlab.gradinit(model, data, **settings)
         out[name] = dict(params={k: v.detach().clone() for k, v in model.state_dict().items()},
-                         scales=report.scales, history=report.history)
+                         scales=report.scales, history=report.history,
+                         outcome=report.outcome)
 
     for name, (build, batches, _, loss_fn, settings) in CASES.items():  # each fails alone
         model = build(0)
@@ -196,11 +202,28 @@ def scenarios(rank: int) -> dict[str, Any]:
     out["fail_objective"] = failure(rank, data, 4, steps=5, gamma=1e9)
     out["fail_second_order"] = failure(rank, data, 4, steps=5, gamma=1e9, second_order=True)
     model = mlp(0)
+    out["fail_warm_start"] = failure(rank, data, 1, steps=5)  # the first loss call
+    calls = [0]
+
+    def counting(model, batch):
+        calls[0] += 1
+        return F.cross_entropy(model(batch[0]), batch[1])
+    initlab.gradinit(mlp(0), data, loss_fn=counting, steps=5)
+    out["fail_guard"] = failure(rank, data, calls[0], steps=5)  # the last one: the guard's
+    out["vote"] = [DistributedGradInitSearch.any_rank(_Voter(), flag)  # type: ignore[arg-type]
+                   for flag in (rank == 1, False, True)]
     out["bad_setting"] = _error(lambda: initlab.gradinit(model, data, steps=3,
                                                          lr=0.1 if rank == 0 else -1.0))
     out["different_setting"] = _error(lambda: initlab.gradinit(model, data, steps=3 + rank))
     out["still_in_step"] = _still_in_step()
     return out
+
+
+class _Voter:
+    """Just enough of a search for `any_rank`: the ranks of the process group."""
+
+    def __init__(self) -> None:
+        self.ranks = current_ranks()
 
 
 def one_step_grad(data: list, kind: str) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Case:
 CASES: dict[str, Case] = {
     "gradinit": Case(bn_mlp, dict(steps=3, gamma=0.5), data=True),
     "gradinit-authors": Case(bn_mlp, dict(steps=3, gamma=0.5), data=True),
+    "gradinit-warmstart": Case(bn_mlp, data=True),
     "metainit": Case(bn_mlp, dict(steps=3), data=True),
     "lsuv": Case(bn_mlp, dict(tol=1e-3, max_tries=3), data=True),
     "admin": Case(PostLN, data=True),

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from initlab.integrations.lightning import InitCallback
 
-SETTINGS = dict(steps=6, lr=0.1, scale_lr=0.05, gamma=1.0)
+SETTINGS = dict(steps=6, lr=0.1, scale_lr=0.05, gamma=1.0, faithful=True)  # S = B0 u B1
 
 
 class DigitsNet(pl.LightningModule):

@@ -53,7 +53,7 @@ BAD = {
     "negative lr": (["--lr", "-1"], "--lr must be a positive number"),
     "seeds 0": (["--seeds", "0"], "--seeds must be an integer >= 1"),
     "unknown setting": (["--set", "gradinit.stepz=5"], "did you mean 'steps'"),
-    "bad setting value": (["--set", "gradinit.steps=0"], "steps must be an integer >= 1"),
+    "bad setting value": (["--set", "gradinit.steps=-1"], "steps must be an integer >= 0"),
     "setting of a method not run": (["--set", "lsuv.tol=0.2"], "'lsuv' is not among --methods"),
     "fixup on an MLP": (["--methods", "default,fixup"], "--methods fixup cannot initialize "
                         "--model mlp: fixup needs the model's residual branches"),
@@ -82,11 +82,13 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path):
 
 
 def test_a_run_that_fails_exits_1_naming_it_and_the_others_still_run(tmp_path, capsys):
-    # GradInit at an absurd target rate: its look-ahead loss is non-finite, an error (a run
-    # that only diverges in training is a result, and exits 0: see the next test).
+    # GradInit at an absurd target rate, with objective steps only: its look-ahead loss is
+    # non-finite, an error (a run that only diverges in training is a result, and exits 0: see
+    # the next test).
     rc = cli.main(["compare", *TINY, "--model", "mlp", "--depth", "3", "--width", "16",
                    "--methods", "gradinit,default", "--set", "gradinit.steps=2",
-                   "--set", "gradinit.lr=1e30", "--out", str(tmp_path)])
+                   "--set", "gradinit.lr=1e30", "--set", "gradinit.gamma=1e30",
+                   "--out", str(tmp_path)])
     assert rc == 1
     results = json.loads((tmp_path / "results.json").read_text())
     assert "FloatingPointError" in results["methods"]["gradinit"]["error"]

@@ -4,9 +4,11 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from helpers.translation import V, copy_task
 from initlab.lab import cli
+from initlab.lab.models import build_model
 from initlab.lab.translation import data as translation_data
 
 MLP = ["diagnose", "--model", "mlp", "--depth", "3", "--width", "8", "--data", "digits",
@@ -63,6 +65,10 @@ def test_the_transformer_on_text(tmp_path, monkeypatch):
     assert [(b["name"], b["source"]) for b in found[0]["branches"][:2]] == [
         ("encoder.0.attn_sum", "sum"), ("encoder.0.ffn_sum", "sum")]
     assert len(found[1]["attention"][0]["entropy"]) == 2
+    torch.manual_seed(0)  # `default` is the model as built from the seed, untouched
+    fresh = build_model("transformer", depth=2, width=16, vocab_size=V, nhead=2, ffn=32)
+    assert [t["weight_rms"] for t in found[0]["tensors"]] == pytest.approx(
+        [float(p.detach().double().square().mean().sqrt()) for p in fresh.parameters()], rel=1e-9)
 
 
 @pytest.mark.parametrize("args, words", [

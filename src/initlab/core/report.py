@@ -90,9 +90,13 @@ class InitReport:
                              "initialized model's state_dict()")
 
 
+@dataclass
 class ScalesReport(InitReport):
     """GradInit, MetaInit: a learned scale per tensor, and the search step by step (GradInit:
-    branch, loss before and after the step; MetaInit: the gradient quotient and the loss)."""
+    branch, loss before and after the step; MetaInit: the gradient quotient and the loss), and
+    how the search ended (`outcome`; GradInit's default search: why it stopped, the guard)."""
+    outcome: dict[str, Any] = field(default_factory=dict)  # plain values
+
     kind = "scales"
 
     def summary(self) -> str:
@@ -109,6 +113,7 @@ class ScalesReport(InitReport):
         loss = [s["loss"] for s in h if s.get("loss") is not None]
         if loss:
             lines.append(f"  loss {loss[0]:.4g} -> {loss[-1]:.4g}")
+        lines += [f"  {k}: {v}" for k, v in self.outcome.items()]
         return "\n".join(lines)
 
 

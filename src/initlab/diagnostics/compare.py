@@ -81,7 +81,7 @@ def _geomean(values: list[float]) -> float | None:
 def compare_text(diagnoses: list[Diagnosis]) -> str:
     def figures(d: Diagnosis) -> dict[str, str]:
         weighted = [x for x in d.layers if x.weighted]
-        gains = [x.gain for x in weighted if x.gain is not None]
+        gains = [x.gain for x in weighted if x.gain is not None and not x.in_branch]
         ratios = [t.ratio for t in d.tensors if t.is_matrix and t.ratio is not None]
         rows = {
             "held-out loss before": f"{d.loss_before:.4g}",
@@ -106,7 +106,8 @@ def compare_text(diagnoses: list[Diagnosis]) -> str:
         return rows
 
     table = [figures(d) for d in diagnoses]
-    keys = list(dict.fromkeys(k for t in table for k in t))
+    keys = [k for k in dict.fromkeys(k for t in table for k in t)  # rows measured somewhere
+            if any(t.get(k, "-") not in ("-", "- / -") for t in table)]
     lines = text_table([""] + [d.label for d in diagnoses],
                    [[k] + [t.get(k, "-") for t in table] for k in keys], len(keys) + 1)
     for d in diagnoses:

@@ -31,7 +31,7 @@ from ..diagnostics import compare, diagnose
 from ..registry import initialize, method_info
 from . import usage
 from .checks import check_data, check_fixed_rules, check_settings_args, method_names, probe_model
-from .compare import CompareConfig, method_settings
+from .compare import CompareConfig, init_model, method_settings, new_model
 from .data import DATASETS, Batches, load_dataset
 from .models import MODELS, build_model
 from .train import TrainConfig
@@ -140,8 +140,7 @@ def main_from_args(a: argparse.Namespace) -> int:
     out = Path(a.out)
     found = []
     for spec in a.methods:
-        torch.manual_seed(a.seed)  # the same constructor draws for every method
-        model = lab.build().to(a.device)
+        model = lab.build().to(a.device)  # the seed's constructor draws, for every method
         for name in spec.split("+"):
             lab.initialize(model, name)
         d = diagnose(model, lab.batches, lr=a.lr, loss_fn=lab.loss_fn, optimizer=a.optimizer,
@@ -167,37 +166,39 @@ def _call(factory: Callable[..., nn.Module], offered: dict[str, Any]) -> nn.Modu
 
 
 class ImageLab:
-    """digits / Fashion-MNIST: cross-entropy, the batches and method settings of `compare`."""
+    """digits / Fashion-MNIST as `initlab compare` runs them (`compare.run_one`): the recipe's
+    resolved settings, the seed's model, each method's settings and its own batches."""
 
     def __init__(self, a: argparse.Namespace, factory: Callable[..., nn.Module] | None):
         self.a, self.factory, self.loss_fn = a, factory, None
-        self.data = load_dataset(a.data, a.data_dir)
-        size = a.batch_size or 64
-        self.batches = Batches(self.data.x_train, self.data.y_train, size, shuffle=True,
-                               seed=1000 * a.seed, device=a.device)
-        self.init_batches = Batches(self.data.x_train, self.data.y_train, max(1, size // 2),
-                                    shuffle=True, seed=1000 * a.seed + 500, drop_last=True,
-                                    device=a.device)
-        self.cfg = CompareConfig(data=a.data, model=a.model, bn=a.bn, batch_size=size,
-                                 train=TrainConfig(optimizer="adam" if "adam" in a.optimizer
-                                                   else "sgd", lr=a.lr))
+        settings: dict[str, dict[str, Any]] = {}
         for method, key, value in a.settings:
-            self.cfg.method_settings.setdefault(method, {})[key] = value
+            settings.setdefault(method, {})[key] = value
+        train = TrainConfig(optimizer="adam" if "adam" in a.optimizer else "sgd", lr=a.lr,
+                            momentum=a.momentum, weight_decay=a.weight_decay, device=a.device)
+        self.cfg = CompareConfig(data=a.data, data_dir=a.data_dir, model=a.model if factory is
+                                 None else "mlp", depth=a.depth, width=a.width, bn=a.bn,
+                                 activation=a.activation, batch_size=a.batch_size or 64,
+                                 train=train, method_settings=settings).resolved()
+        self.data = load_dataset(a.data, a.data_dir)
+        self.batches = Batches(self.data.x_train, self.data.y_train, self.cfg.batch_size,
+                               shuffle=True, seed=1000 * a.seed, device=a.device)
 
     def build(self) -> nn.Module:
         d, a = self.data, self.a
-        shape = dict(in_channels=d.in_channels, image_size=d.image_size, num_classes=d.num_classes)
-        if self.factory is not None:
-            return _call(self.factory, dict(shape, depth=a.depth, width=a.width))
-        return build_model(a.model, depth=a.depth, width=a.width, bn=a.bn,
-                           activation=a.activation, **shape)
+        if self.factory is None:
+            return new_model(self.cfg, d, a.seed)
+        torch.manual_seed(a.seed)
+        return _call(self.factory, dict(in_channels=d.in_channels, image_size=d.image_size,
+                                        num_classes=d.num_classes, depth=a.depth, width=a.width))
 
     def initialize(self, model: nn.Module, name: str) -> None:
-        settings = {k: v for k, v in method_settings(name, self.cfg, self.batches).items()
-                    if k != "batch_fraction"}  # the lab's own key: how the batches are cut
-        info = method_info(name)
-        takes_data = info.needs_data or "example_input" in inspect.signature(info.fn).parameters
-        initialize(model, name, data=self.init_batches if takes_data else None, **settings)
+        settings = method_settings(name, self.cfg, len(self.data.y_train))
+        batches = Batches(self.data.x_train, self.data.y_train,
+                          max(1, round(self.cfg.batch_size * settings["batch_fraction"])),
+                          shuffle=True, seed=1000 * self.a.seed + 500, drop_last=True,
+                          device=self.a.device)
+        init_model(model, name, batches, {name: settings})
 
 
 class TextLab:
@@ -224,6 +225,7 @@ class TextLab:
 
     def build(self) -> nn.Module:
         a = self.a
+        torch.manual_seed(a.seed)  # the same constructor draws for every method
         if self.factory is not None:
             return _call(self.factory, dict(vocab_size=self.data.vocab_size, depth=a.depth,
                                              width=a.width))
@@ -235,7 +237,9 @@ class TextLab:
         from .translation.inits import METHODS, apply_method
         given = self.settings.get(name, {})
         a = self.a
-        if name in METHODS and (not given or (set(given) == {"steps"} and "authors" in name)):
+        if name == "default":  # the model's own init (apply_method expects no call for it)
+            initialize(model, "default")
+        elif name in METHODS and (not given or (set(given) == {"steps"} and "authors" in name)):
             steps = given.get("steps", 780)
             apply_method(model, name, self.data, optimizer="adam" if "adam" in a.optimizer
                          else "sgd", lr=a.lr, seed=a.seed, batch_size=self.size,

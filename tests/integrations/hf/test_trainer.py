@@ -47,8 +47,8 @@ def test_train_initializes_with_the_models_loss_and_the_trainers_optimizer(tmp_p
 def test_settings_are_checked_at_construction():
     with pytest.raises(TypeError, match="did you mean 'steps'"):
         InitCallback("gradinit", stepz=3)
-    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
-        InitCallback("gradinit", steps=0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        InitCallback("gradinit", steps=-1)  # 0: the default search's warm start alone
     with pytest.raises(KeyError, match="available"):
         InitCallback("gradinot")
 
@@ -60,7 +60,7 @@ def test_skips_when_resuming_or_already_initialized(tmp_path):
     state = SimpleNamespace(global_step=5, is_world_process_zero=True)
     init.on_train_begin(None, state, None, model=model, train_dataloader=None)
     assert init.report is None and init.skipped == "resuming at step 5"
-    initlab.gradinit(model, causal_lm_batches(IDS, T, 4), steps=1)
+    initlab.gradinit(model, causal_lm_batches(IDS, T, 4), steps=1, faithful=True)
     again = InitCallback("lsuv")
     again.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=True), None,
                          model=model, train_dataloader=None)

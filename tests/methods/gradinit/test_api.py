@@ -42,7 +42,7 @@ def test_running_stats_and_modes_untouched():
     model.train()
     model[3].eval()  # a mixed mode the user chose
     before = state(model)
-    initlab.gradinit(model, data(), steps=5)
+    initlab.gradinit(model, data(), steps=5, guard=False)
     bn = model[1]
     assert torch.equal(bn.running_mean, before["1.running_mean"])
     assert torch.equal(bn.num_batches_tracked, before["1.num_batches_tracked"])
@@ -86,7 +86,7 @@ def test_model_restored_bitwise_on_failure(kind):
     err = {"loss_raises": Boom, "interrupt": KeyboardInterrupt,
            "nan_loss": FloatingPointError, "nan_after": FloatingPointError}[kind]
     with pytest.raises(err) as info:
-        initlab.gradinit(model, data(), loss_fn=loss_fn, steps=10, gamma=1e9)
+        initlab.gradinit(model, data(), loss_fn=loss_fn, steps=10, gamma=1e9, faithful=True)
     assert_same(model, before)
     assert model.training and model[1].track_running_stats
     if kind.startswith("nan"):
@@ -114,7 +114,9 @@ def test_failure_while_writing_restores(monkeypatch):
 
 @pytest.mark.parametrize("bad,match", [
     (dict(target="rmsprop"), "unknown target"), (dict(lr=-0.1), "lr must be"),
-    (dict(steps=0), "steps must be"), (dict(scale_lr=0.0), "scale_lr"),
+    (dict(steps=0, faithful=True), "steps must be"), (dict(steps=-1), "steps must be"),
+    (dict(steps=0, warm_start=False), "steps must be"), (dict(patience=1), "patience"),
+    (dict(scale_lr=0.0), "scale_lr"),
     (dict(gamma=float("nan")), "gamma"), (dict(min_scale=-1.0), "min_scale"),
     (dict(batching="zip"), "batching"),
 ])
@@ -161,13 +163,14 @@ def test_draw_order_is_the_contract():
                 yield b
 
     batches = data(n=20)
-    initlab.gradinit(bn_net(), Recording(batches), steps=2, gamma=1e9)  # objective: 3 per step
+    faithful = dict(faithful=True)
+    initlab.gradinit(bn_net(), Recording(batches), steps=2, gamma=1e9, **faithful)  # 3 per step
     assert drawn == [0, 1, 2, 3, 4, 5]
     drawn.clear()
-    initlab.gradinit(bn_net(), Recording(batches), steps=2, gamma=1e9, overlap=False)
+    initlab.gradinit(bn_net(), Recording(batches), steps=2, gamma=1e9, overlap=False, **faithful)
     assert drawn == list(range(8))
     drawn.clear()
-    initlab.gradinit(bn_net(), Recording(batches), steps=3, gamma=1e-9)  # constraint: 2 per step
+    initlab.gradinit(bn_net(), Recording(batches), steps=3, gamma=1e-9, **faithful)  # 2 per step
     assert drawn == list(range(6))
 
 
@@ -181,7 +184,8 @@ def test_objective_batches_are_B0_B2_or_B3_B2():
 
     for overlap, want in [(True, (0, 2)), (False, (3, 2))]:
         seen.clear()
-        initlab.gradinit(bn_net(), batches, loss_fn=loss_fn, steps=1, gamma=1e9, overlap=overlap)
+        initlab.gradinit(bn_net(), batches, loss_fn=loss_fn, steps=1, gamma=1e9, overlap=overlap,
+                         faithful=True)
         assert torch.equal(seen[0], torch.cat([batches[0][0], batches[1][0]]))
         assert torch.equal(seen[1], torch.cat([batches[want[0]][0], batches[want[1]][0]]))
 
@@ -286,7 +290,7 @@ def test_cnn_with_batchnorm():
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
     data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(3)]
     before = snapshot(model)
-    finite_and_changed(model, before, initlab.gradinit(model, data, steps=4))
+    finite_and_changed(model, before, initlab.gradinit(model, data, steps=4, guard=False))
 
 
 def test_transformer_sequence_to_sequence():
@@ -334,7 +338,7 @@ def test_lstm_with_variable_length_batches_splits_in_thirds():
     # sequence lengths differ between batches: S cannot be B0 u B1, so thirds of one batch
     data = [(torch.randint(0, 20, (6, t)), torch.randint(0, 5, (6, t))) for t in (4, 7, 5)]
     before = snapshot(model)
-    report = initlab.gradinit(model, data, steps=4)
+    report = initlab.gradinit(model, data, steps=4, guard=False)
     finite_and_changed(model, before, report)
     assert "lstm.weight_hh_l0" in report.scales
 
@@ -414,7 +418,7 @@ def test_dict_batch_and_output_with_loss():
     data = [dict(input_values=torch.randn(4, 4), labels=torch.randint(0, 2, (4,)))
             for _ in range(3)]
     before = snapshot(model)
-    finite_and_changed(model, before, initlab.gradinit(model, data, steps=4))
+    finite_and_changed(model, before, initlab.gradinit(model, data, steps=4, guard=False))
 
 
 def test_mlp_reduces_the_look_ahead_loss():
@@ -438,6 +442,6 @@ def test_attention_constraint_steps_use_a_double_backward_kernel():
     model = nn.Sequential(layer, nn.Flatten(), nn.Linear(5 * 16, 3))
     data = [(torch.randn(4, 5, 16), torch.randint(0, 3, (4,))) for _ in range(3)]
     before = snapshot(model)
-    report = initlab.gradinit(model, data, steps=3, gamma=1e-9)  # constraint steps only
+    report = initlab.gradinit(model, data, steps=3, gamma=1e-9, guard=False)  # constraint only
     assert {h["branch"] for h in report.history} == {"constraint"}
     finite_and_changed(model, before, report)

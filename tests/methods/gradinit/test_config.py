@@ -32,7 +32,9 @@ def test_infinite_gamma_never_takes_a_constraint_step(faithful):
 
 
 def test_default_gamma_stays_one_and_bad_values_are_refused():
-    assert GradInitConfig().gamma == 1.0
+    assert GradInitConfig().resolved().gamma == 1.0                           # sgd target
+    assert GradInitConfig(faithful=True, target="adam").resolved().gamma == 1.0  # the authors'
+    assert GradInitConfig(target="adam").resolved().gamma == 1000.0           # default search
     GradInitConfig(gamma=math.inf).validate()
     for bad in (0.0, -1.0, -math.inf, math.nan, "inf"):
         with pytest.raises(ValueError, match="gamma must be a positive number or inf"):

@@ -139,7 +139,25 @@ def test_bare_modules_that_differ_end_identical_from_rank_0(ranks):
     assert_rel_close(a, model.state_dict())
 
 
-@pytest.mark.parametrize("name", ["fail_first_pass", "fail_objective", "fail_second_order"])
+def test_default_search_stops_at_the_same_iteration_everywhere(ranks):
+    """The stopping rule, the warm start and the guard decide on rank means: the ranks stop
+    together, at the iteration a one-process run on the union stops (checked above: equal
+    histories), and the decision itself is one vote (any rank's True is everyone's)."""
+    r0, r1 = ranks[0]["default"], ranks[1]["default"]
+    assert r0["outcome"] == r1["outcome"]
+    assert r0["outcome"]["stop"] == "converged"
+    assert r0["outcome"]["iterations"] < RUNS["default"]["steps"]
+    report = initlab.gradinit(mlp(0), union_batches(), **RUNS["default"])
+    assert report.outcome["stop"] == "converged"
+    assert report.outcome["iterations"] == r0["outcome"]["iterations"]
+    assert report.outcome["guard"]["start"] == pytest.approx(r0["outcome"]["guard"]["start"],
+                                                             rel=1e-9)
+    for rank in ranks:
+        assert rank["vote"] == [True, False, True]
+
+
+@pytest.mark.parametrize("name", ["fail_first_pass", "fail_objective", "fail_second_order",
+                                  "fail_warm_start", "fail_guard"])
 def test_failure_on_one_rank_stops_every_rank_with_models_unchanged(ranks, name):
     failed, other = ranks[1][name], ranks[0][name]
     assert failed["type"] == "ValueError" and "boom" in failed["message"]

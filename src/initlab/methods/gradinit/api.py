@@ -8,9 +8,12 @@ initial values) and g = grad L(S; p):
 
 A[g] = g or g/|g|_2 and N = |.|_2 for an SGD target; A[g] = sign(g) and N = |.|_1 for Adam.
 Each iteration takes either a constraint step (N(g) > gamma: descend N(g), a double backward) or
-an objective step, with the scales' own Adam (`scale_adam.ScaleAdam`).
+an objective step (`iteration.py`). Two searches: `faithful=True` runs the authors' (their
+RescaleAdam for a fixed number of iterations, S = B0 u B1; `iteration.run_faithful`); the default
+is initlab's (warm start, log-scales, an adaptive scale lr, a stopping rule, S = one batch, a
+guard; `default_search.py`).
 
-Where initlab departs from the authors' code, and why:
+Where initlab departs from the authors' code, on both paths, and why:
 - The model is never edited during the search: it runs through `torch.func.functional_call` on
   p = alpha * w formed afresh each step (alpha in float64), and the result is written once at the
   end. The authors rescale weights in place; the two agree to ~1e-7 per step.
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict
 from typing import Any, Iterable, Optional
 
@@ -44,25 +46,24 @@ from ...core.report import InitReport
 from ...registry import register
 from .batches import GradInitBatches
 from .config import GradInitConfig
-from .scale_adam import ScaleAdam, caps_and_floors
+from .default_search import OneBatchEach, run_default
+from .guard import guarded
+from .iteration import run_faithful
+from .scale_adam import LogScaleAdam, ScaleAdam, caps_and_floors
 from .search import GradInitSearch
+from .warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
-PREDICT_MARGIN = 0.9  # expect a constraint step when the last |g| > 0.9 gamma
-
-#: The authors' IWSLT'14 Post-LN Transformer recipe: `gradinit(model, data, **TRANSFORMER_RECIPE)`.
-TRANSFORMER_RECIPE: dict[str, Any] = dict(
-    target="adam", lr=1e-3, gamma=1000.0, scale_lr=2.5e-3, betas=(0.9, 0.98),
-    norm_max_scale=100.0, clip=None, steps=780,
-)
+SHORT = 0.25  # faithful: warn when steps * scale_lr (the most a scale can move) is under this
 
 
 def _prepare(model: nn.Module, params: Optional[ParamFilter], exclude: Optional[ParamFilter],
              settings: dict[str, Any]) -> tuple[GradInitConfig, list[ParamSpec], torch.Tensor]:
-    """Validated settings, the trainable tensors, and which of them get a scale."""
+    """Validated settings (defaults resolved), the trainable tensors, which of them get a scale."""
     cfg = GradInitConfig(**settings)
     cfg.validate()
+    cfg = cfg.resolved()
     specs = trainable_params(model)
     mask = select_params(specs, params, exclude)
     nonzero = [bool(s.param.detach().abs().sum() > 0) for s in specs]
@@ -74,37 +75,57 @@ def _prepare(model: nn.Module, params: Optional[ParamFilter], exclude: Optional[
     return cfg, specs, scaled
 
 
-def _iteration(search: GradInitSearch, batches: GradInitBatches, opt: ScaleAdam, scaled: torch.Tensor,
-               graph: bool) -> dict[str, Any]:
-    """One iteration: draw S, take a constraint or an objective step on the scales; its record."""
-    cfg, t, started, S = search.cfg, search.iteration, time.perf_counter(), []
+def _faithful(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream, scaled: torch.Tensor,
+              floors: torch.Tensor, caps: torch.Tensor, bar: Any) -> tuple[torch.Tensor, list, dict]:
+    """The authors' search: their RescaleAdam from alpha = 1 for `steps` iterations."""
+    cfg = search.cfg
+    if cfg.steps * cfg.scale_lr < SHORT and search.is_main:
+        log.warning("gradinit (faithful): steps=%d x scale_lr=%g: each scale can move by about "
+                    "+-%.2g at most, too little to change the network much; raise steps or "
+                    "scale_lr, or use the default search (faithful=False)", cfg.steps,
+                    cfg.scale_lr, cfg.steps * cfg.scale_lr)
+    opt = ScaleAdam(len(search.w0), cfg.scale_lr, floors, caps, cfg.betas, cfg.eps, cfg.clip)
+    history = run_faithful(search, GradInitBatches(stream, cfg), opt, scaled, bar)
+    return opt.alpha, history, dict(search="faithful", iterations=len(history))
 
-    def first_pass(graph: bool) -> dict:
-        if not S:
-            S.append(batches.S())
-        return search.first_pass(opt.alpha.clone(), S[0], graph=graph)  # see graph_pass
 
-    first = search.share_first(lambda: first_pass(graph), f"iteration {t}, loss on S")
-    gnorm = first["gnorm"].item()
-    if not math.isfinite(gnorm):
-        raise FloatingPointError(f"non-finite gradient norm {gnorm} (iteration {t})")
-    constraint = gnorm > cfg.gamma
-    if constraint and not graph:  # wrong guess: redo the pass with the graph
-        first = search.share_first(lambda: first_pass(True), f"iteration {t}, loss on S")
-
-    def scale_grad() -> tuple[torch.Tensor, Optional[torch.Tensor], list[bool]]:
-        if constraint:
-            return search.constraint_grad(first), None, first["used"]
-        return search.objective_grad(first, batches.S_tilde())
-
-    da, after, used = search.share(scale_grad, f"iteration {t}, scale gradient")
-    if not bool(torch.isfinite(da).all()):
-        raise FloatingPointError(f"non-finite scale gradient (iteration {t})")
-    opt.step(da, scaled & torch.tensor(used), constraint)
-    return dict(iteration=t, branch="constraint" if constraint else "objective",
-                loss=first["loss"].item(), grad_norm=gnorm,
-                loss_after=None if after is None else after.item(),
-                recomputed=constraint and not graph, seconds=time.perf_counter() - started)
+def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream, scaled: torch.Tensor,
+             floors: torch.Tensor, caps: torch.Tensor, bar: Any) -> tuple[torch.Tensor, list, dict]:
+    """initlab's search: held-out batch, warm start, log-scale Adam until the stopping rule,
+    guard (`default_search.py`)."""
+    cfg = search.cfg
+    H = stream.next() if cfg.guard else None
+    start = torch.ones(len(search.w0), dtype=torch.float64)
+    warm = start
+    if cfg.warm_start:
+        batch = stream.next()
+        stream.put_back(batch)  # also the first iteration's S
+        warm = warm_start(search.model, specs, search.w0, scaled, search.loss_fn, batch, floors,
+                          caps, getattr(search, "ranks", None))
+    opt = LogScaleAdam(warm, cfg.scale_lr, floors, caps, cfg.betas, cfg.eps)
+    history, reason = run_default(search, OneBatchEach(stream), opt, scaled, bar)
+    found = opt.alpha
+    outcome: dict[str, Any] = dict(search="default", stop=reason, iterations=len(history))
+    if reason == "budget" and search.is_main:
+        log.warning("gradinit stopped at its budget of %d iterations while the objective was "
+                    "still improving; pass a larger steps= to let it finish", cfg.steps)
+    elif reason == "constraint never met" and search.is_main:
+        log.warning("gradinit: the gradient norm stayed above gamma=%g in the last %d "
+                    "iterations; the scales satisfy neither the bound nor the objective yet "
+                    "(raise steps, or gamma)", cfg.gamma, min(cfg.patience, len(history)))
+    if cfg.guard:
+        fallbacks = [("warm start", warm)] if cfg.warm_start else []
+        found, outcome["guard"] = guarded(search, H, found, fallbacks)
+        if not math.isfinite(outcome["guard"]["start"]) and search.is_main and not math.isfinite(
+                outcome["guard"]["returned"]):
+            log.warning("gradinit: one step at lr=%g makes the loss non-finite from the start and "
+                        "from every result; that learning rate is too large for this model",
+                        cfg.lr)
+        elif outcome["guard"]["fell_back_to"] and search.is_main:
+            log.warning("gradinit: one step from the searched scales did worse on a held-out "
+                        "batch than from the start; returning the %s instead",
+                        outcome["guard"]["fell_back_to"])
+    return found, history, outcome
 
 
 @register("gradinit", config=GradInitConfig, needs_data=True,
@@ -127,10 +148,12 @@ def gradinit(
         model: any `nn.Module`. Its parameters are written once, in place, at the end (so an
             optimizer built earlier stays valid); on any error or interrupt it is left bitwise
             unchanged, with its modes and buffers.
-        data: an iterable of batches, re-iterated when exhausted. Each iteration draws B0 and B1
-            (S = B0 u B1); an objective iteration then draws B2 (S~ = B0 u B2), or with
-            `overlap=False` B2 then B3 (S~ = B3 u B2). Batches that cannot be concatenated are
-            split in thirds instead: S = first two thirds, S~ = last two thirds.
+        data: an iterable of batches, re-iterated when exhausted. Default search: the first
+            batch is held out for the guard, the next one warm-starts, then iteration t uses
+            S = B_t and S~ = B_{t+1} (one batch each, as they come). `faithful=True`: each
+            iteration draws B0 and B1 (S = B0 u B1); an objective iteration then draws B2
+            (S~ = B0 u B2), or with `overlap=False` B2 then B3 (S~ = B3 u B2); batches that
+            cannot be concatenated are split in thirds: S = first two thirds, S~ = last two.
         loss_fn: `(model, batch) -> scalar`; default: cross-entropy for (inputs, targets),
             `model(**batch).loss` for dict batches. It must call the `model` it is given.
         params / exclude: which tensors get a scale (default: every floating-point parameter
@@ -139,10 +162,11 @@ def gradinit(
         distributed: under an initialized `torch.distributed` group of 2+ ranks, run one search
             across all ranks (every rank must call; see `methods/gradinit/distributed.py`).
             False: this process searches alone (e.g. on rank 0 only, then broadcast).
-        **settings: fields of `GradInitConfig` (target, lr, steps, scale_lr, gamma, ...).
+        **settings: fields of `GradInitConfig` (target, lr, faithful, steps, scale_lr, ...).
 
     Returns:
-        an `InitReport` with the scales, a per-iteration history and the settings.
+        an `InitReport` with the scales, a per-iteration history, the settings and the
+        `outcome` (default search: why it stopped, and the guard's losses).
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module  # scaled in place, so the DDP wrapper stays valid
@@ -157,39 +181,25 @@ def gradinit(
         search = DistributedGradInitSearch(model, specs, loss_fn or default_loss, cfg, ranks, scaled)
     floors, caps = caps_and_floors([s.is_bias for s in specs], [s.is_norm_weight for s in specs],
                                    cfg.min_scale, cfg.max_scale, cfg.norm_max_scale)
-    opt = ScaleAdam(len(specs), cfg.scale_lr, floors, caps, cfg.betas, cfg.eps, cfg.clip)
-    batches = GradInitBatches(BatchStream(data, device=specs[0].param.device), cfg)
-    history: list[dict[str, Any]] = []
+    stream = BatchStream(data, device=specs[0].param.device)
     bar = progress_bar(cfg.steps, progress and search.is_main, "gradinit")
-    # Build the double-backward graph only when this iteration will likely need it: predicted
-    # from the last gradient norm, leaning to "constraint" near the bound because a wrong
-    # "objective" guess costs a whole extra pass while a wrong "constraint" guess costs only
-    # the graph (benchmarks/gradinit_cost.py measures both).
-    last_norm = math.inf
     try:
         with unchanged_on_error("gradinit", lambda: f"at iteration {search.iteration}"):
             with search_mode(model):
-                for t in range(cfg.steps):
-                    search.iteration = t
-                    graph = last_norm > PREDICT_MARGIN * cfg.gamma or cfg.second_order
-                    history.append(_iteration(search, batches, opt, scaled, graph))
-                    last_norm = history[-1]["grad_norm"]
-                    bar.update(1)
-                    if search.is_main and (t + 1) % max(1, cfg.steps // 10) == 0:
-                        log.info("gradinit %d/%d: %s, |g| %.3g, loss %.4g", t + 1, cfg.steps,
-                                 history[-1]["branch"], last_norm, history[-1]["loss"])
+                run = _faithful if cfg.faithful else _default
+                alpha, history, outcome = run(search, specs, stream, scaled, floors, caps, bar)
 
             def final_values() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
                 keep = [k or search.replaced for k in scaled.tolist()]  # replaced: rank 0's values
                 return ([s.param for s, k in zip(specs, keep) if k],
-                        [w * float(a) for w, a, k in zip(search.w0, opt.alpha.tolist(), keep) if k])
+                        [w * float(a) for w, a, k in zip(search.w0, alpha.tolist(), keep) if k])
             write_params(*search.guarded(final_values, "final values"))
     finally:
         bar.close()
     return finish(model, "gradinit", settings=dict(asdict(cfg), params=repr(params),
                                                    exclude=repr(exclude)),
-                  history=history, specs=specs,
-                  scales={s.name: a for s, a, k in zip(specs, opt.alpha.tolist(), scaled.tolist()) if k})
+                  history=history, specs=specs, outcome=outcome,
+                  scales={s.name: a for s, a, k in zip(specs, alpha.tolist(), scaled.tolist()) if k})
 
 
 @register("gradinit-authors", settings_of="gradinit", needs_data=True,
@@ -201,3 +211,17 @@ def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitR
         raise ValueError("gradinit-authors is GradInit with faithful=True; use gradinit for the "
                          "default search")
     return gradinit(model, data, **dict(settings, faithful=True))
+
+
+@register("gradinit-warmstart", settings_of="gradinit", needs_data=True,
+          description="GradInit's warm start alone: each Linear/Conv layer's scale brings its "
+                      "output to unit RMS on one batch (gradinit with steps=0, guard=False)",
+          paper="Zhu et al., NeurIPS 2021 (parametrization); Mishkin & Matas, ICLR 2016 (target)")
+def gradinit_warmstart(model: nn.Module, data: Iterable, **settings: Any) -> InitReport:
+    """`gradinit(model, data, steps=0, guard=False, **settings)`: the default search's warm
+    start and nothing else, the baseline its tables show beside the full search."""
+    for key, value in dict(faithful=False, warm_start=True).items():
+        if settings.get(key, value) != value:
+            raise ValueError(f"gradinit-warmstart is the default search's warm start; {key}="
+                             f"{settings[key]!r} does not apply (use gradinit or gradinit-authors)")
+    return gradinit(model, data, **dict(settings, steps=0, guard=False))

@@ -78,6 +78,17 @@ class DistributedGradInitSearch(GradInitSearch):
     def guarded(self, fn: Callable[[], Any], where: str) -> Any:
         return self.ranks.guarded(fn, where)
 
+    def mean(self, fn: Callable[[], list[torch.Tensor]], like: list[torch.Tensor],
+             where: str) -> list[torch.Tensor]:
+        out, error = self.ranks.attempt(fn)
+        return self.ranks.average(out, like, error, where)
+
+    def any_rank(self, flag: bool) -> bool:
+        """One all-reduce: the stopping rule's decision, the same on every rank."""
+        (votes,) = self.ranks.average([torch.full((1,), float(flag), device=self.ranks.device)],
+                                      [torch.zeros(1, device=self.ranks.device)], None, "stopping")
+        return bool(votes.item() > 0)
+
     def objective_grad(self, first: dict, S_tilde: Any) -> tuple[torch.Tensor, torch.Tensor, list]:
         """First order: the one-process code with the shared G in place of g. Second order:
         the chain rule through G, whose gradient u needs one more average."""

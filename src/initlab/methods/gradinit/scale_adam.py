@@ -74,3 +74,46 @@ def caps_and_floors(
     caps = torch.tensor([min(cap, norm_cap) if nw else cap for nw in is_norm_weight],
                         dtype=torch.float64)
     return floors, caps
+
+
+class LogScaleAdam:
+    """Adam on log-scales, the default search's optimizer: beta_i = log alpha_i.
+
+    A step moves each scale by a factor (about exp(+-lr) at most), so a scale that must grow by
+    2.5x gets there in ~lr^-1 steps whatever its size, where the authors' additive step needs
+    (2.5 - 1) / lr. The gradient is d/dbeta = alpha * d/dalpha. As in `ScaleAdam`, first moments
+    are kept apart for constraint and objective steps and one second moment is shared; no
+    clipping (Adam's normalization bounds the step). `lr` may be changed between steps (the
+    stopping rule halves it on plateaus). Floors and caps clamp alpha.
+    """
+
+    def __init__(self, alpha: torch.Tensor, lr: float, floors: torch.Tensor, caps: torch.Tensor,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        f64 = dict(dtype=torch.float64)
+        self.lo, self.hi = floors.to(**f64).log(), caps.to(**f64).log()  # log 0 = -inf: no floor
+        self.beta = alpha.to(**f64).log().clamp(self.lo, self.hi)
+        self.lr, self.betas, self.eps = lr, betas, eps
+        n = len(alpha)
+        self.m_obj, self.m_con, self.v = (torch.zeros(n, **f64) for _ in range(3))
+        self.steps_obj, self.steps_con = torch.zeros(n, **f64), torch.zeros(n, **f64)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.beta.exp()
+
+    def step(self, grad: torch.Tensor, active: torch.Tensor, constraint: bool) -> None:
+        """One update where `active` (bool, n) with `grad` = d/dalpha (float64, n)."""
+        active = active.cpu()
+        if not bool(active.any()):
+            return
+        g = grad.detach().to("cpu", torch.float64) * self.alpha  # d/dbeta
+        b1, b2 = self.betas
+        m, steps = (self.m_con, self.steps_con) if constraint else (self.m_obj, self.steps_obj)
+        steps[active] += 1
+        m[active] = m[active] * b1 + g[active] * (1 - b1)
+        self.v[active] = self.v[active] * b2 + g[active] * g[active] * (1 - b2)
+        bc1 = 1 - b1 ** steps[active]
+        bc2 = 1 - b2 ** (self.steps_con[active] + self.steps_obj[active])
+        denom = (self.v[active] / bc2).sqrt() + self.eps
+        new = self.beta[active] - (self.lr / bc1) * m[active] / denom
+        self.beta[active] = torch.minimum(torch.maximum(new, self.lo[active]), self.hi[active])

@@ -29,7 +29,7 @@ class GradInitSearch:
 
     def __init__(self, model: nn.Module, specs: list[ParamSpec], loss_fn: LossFn,
                  cfg: GradInitConfig):
-        self.model, self.loss_fn, self.cfg = model, loss_fn, cfg
+        self.model, self.loss_fn, self.cfg = model, loss_fn, cfg.resolved()
         self.names = [s.name for s in specs]
         self.w0 = [s.param.detach() for s in specs]
         wide = any(w.dtype == torch.float64 for w in self.w0)
@@ -47,6 +47,15 @@ class GradInitSearch:
 
     def guarded(self, fn: Callable[[], Any], where: str) -> Any:
         return fn()
+
+    def mean(self, fn: Callable[[], list[torch.Tensor]], like: list[torch.Tensor],
+             where: str) -> list[torch.Tensor]:
+        """`fn()`'s tensors (shaped as `like`); under torch.distributed their mean over ranks."""
+        return fn()
+
+    def any_rank(self, flag: bool) -> bool:
+        """A decision every rank takes together: True if it is True on any rank."""
+        return flag
 
     # p_i = alpha_i * w_i: detached leaves (first-order passes) or a function of alpha.
     def leaves(self, alpha: torch.Tensor) -> list[torch.Tensor]:
