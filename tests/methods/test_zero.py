@@ -102,3 +102,17 @@ def test_zero_weight_alone_defaults_to_one_group():
     w = zero_weight(torch.empty(4, 2, 3))               # a Conv1d weight: the center tap
     torch.testing.assert_close(w[:, :, 1], zero_matrix(4, 2).float(), rtol=0, atol=0)
     assert torch.count_nonzero(w[:, :, [0, 2]]) == 0
+
+
+@pytest.mark.parametrize("p", [0, -4, 3, 6, 12])
+def test_sylvester_hadamard_needs_a_power_of_two(p):
+    with pytest.raises(ValueError, match="power of 2"):
+        sylvester_hadamard(p)
+
+
+def test_zero_weight_center_of_a_wide_kernel_and_groups_that_do_not_divide():
+    w = zero_weight(torch.empty(2, 2, 5, 7))            # center (2, 3), not (3, 5) or (1, 2)
+    assert torch.equal(w[:, :, 2, 3], torch.eye(2))
+    assert torch.count_nonzero(w) == 2
+    with pytest.raises(ValueError, match="do not split into 2 groups"):
+        zero_weight(torch.empty(5, 1, 3), groups=2)
