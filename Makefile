@@ -7,7 +7,7 @@ EXTRAS ?= lab,dev,lightning,hf
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.initlab-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint mutate clean
 
 # Re-runs only when the project's metadata or the pin changes.
 $(STAMP): pyproject.toml Makefile scripts/setup_data.sh
@@ -32,6 +32,11 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# Mutation testing of the tests (not part of `make test`; resumable, results in runs/mutate/).
+# `make mutate FILES="methods/lsuv.py"` picks files under src/initlab/.
+mutate: setup
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python scripts/mutate.py $(FILES)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

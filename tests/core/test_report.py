@@ -1,12 +1,19 @@
 """Reports per kind of method: what `summary()` and `plot()` say, what `apply` replays or
-refuses, saving and loading (old files too), and tensor names of `torch.compile`d models."""
+refuses, saving and loading (old files too), and tensor names of `torch.compile`d models; and,
+as a property of every method that returns a report, on drawn models and settings: a saved and
+loaded report replays the weights exactly on a fresh copy, or `apply` refuses and changes nothing."""
 import copy
+import os
+import tempfile
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import initlab
+from helpers import every_method
 from helpers.methods import batches, mlp
 from initlab.core.finish import finish
 from initlab.core.report import DrawReport, LayerReport, ScalesReport, VarianceReport
@@ -187,3 +194,63 @@ def test_meta_models_are_refused_saying_how_to_materialize():
         with pytest.raises(ValueError, match=r"meta device.*to_empty\(device=...\), then run its "
                                              "constructor's init"):
             call()
+
+
+# ---- for every method that returns a report: apply(load(save(report))) replays it or refuses ---
+
+def drawn_mlp(widths, act, bn):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers += [nn.BatchNorm1d(b)] if bn else []
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+REPORTING = ["gradinit", "gradinit-authors", "metainit", "lsuv", "autoinit", "archscale", "admin",
+             "deepnet"]
+
+
+@pytest.mark.parametrize("name", REPORTING)
+@given(data=st.data())
+def test_a_saved_report_replays_exactly_or_apply_refuses(name, data):
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    settings = {}
+    if name in ("gradinit", "gradinit-authors", "metainit", "lsuv"):  # a drawn MLP, maybe with BN
+        widths = [6] + data.draw(st.lists(st.integers(2, 12), min_size=1, max_size=3),
+                                 label="hidden") + [3]
+        act = data.draw(st.sampled_from([nn.Tanh, nn.ReLU, nn.GELU]), label="activation")
+        bn = data.draw(st.booleans(), label="batch norm")
+        build = lambda: drawn_mlp(widths, act, bn)  # noqa: E731
+    else:
+        build = every_method.CASES[name].build
+    if name.startswith("gradinit"):
+        settings = dict(steps=data.draw(st.integers(1, 4), label="steps"),
+                        target=data.draw(st.sampled_from(["sgd", "adam"]), label="target"),
+                        gamma=data.draw(st.sampled_from([1e-3, 0.5, 1e3]), label="gamma"))
+    elif name == "metainit":
+        settings = dict(steps=data.draw(st.integers(1, 3), label="steps"))
+    elif name == "lsuv":
+        settings = dict(orthonormal=data.draw(st.booleans(), label="orthonormal"))
+    torch.manual_seed(seed)
+    model = build()
+    fresh = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    report = every_method.run(name, model, **settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        report.save(os.path.join(tmp, "init.pt"))
+        loaded = initlab.InitReport.load(os.path.join(tmp, "init.pt"))
+    assert loaded == report
+    replays = name in ("gradinit", "gradinit-authors", "metainit") or (
+        name == "lsuv" and not settings["orthonormal"])
+    if not replays:
+        with pytest.raises(ValueError, match="nothing to replay"):
+            initlab.apply(fresh, loaded)
+        for k, v in fresh.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        return
+    initlab.apply(fresh, loaded)
+    exact = name != "lsuv"   # LSUV rescales step by step; the report holds the product
+    for (k, v), (_, w) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(w, v, rtol=0 if exact else 1e-5, atol=0, msg=k)

@@ -32,16 +32,18 @@ def test_seeds_are_averaged_and_listed():
 
 def test_claims_compare_with_warmup_cell_by_cell():
     cells = [cell("warmup", [5.8, 4.6], lr=5e-4), cell("gradinit", [5.8, 4.65], lr=5e-4),
+             cell("default", [5.8, 5.75], lr=5e-4), cell("default", [5.8, 4.5], lr=2e-3),
              cell("warmup", [5.8, 4.5], lr=2e-3), cell("gradinit", [5.8, 5.0], lr=2e-3),
              cell("warmup", [5.8, 4.7], lr=4e-3), cell("gradinit", [5.8, 4.7], lr=4e-3),
              cell("warmup", [5.9, 5.85], opt="sgd", lr=0.1, mom=0.9),
              cell("gradinit", [5.9], diverged=True, opt="sgd", lr=0.1, mom=0.9)]
     rows = claims(cells).splitlines()[2:]
-    assert rows[0] == "| Adam 5e-4 without warmup | gradinit | Adam 0.0005 | – | holds |"
+    assert rows[0] == ("| Adam 5e-4 without warmup | gradinit | Adam 0.0005 | – | holds | "
+                       "Adam 0.0005 |")          # the default stalled there
     assert rows[1] == ("| Adam above 5e-4 without warmup | gradinit | Adam 0.004 | Adam 0.002 "
-                       "(5.00 vs warmup 4.50) | holds in part |")
+                       "(5.00 vs warmup 4.50) | holds in part | none |")
     assert rows[2] == ("| SGD without warmup, every rate and momentum | gradinit | – | "
-                       "SGD 0.1 m0.9 (diverged) | does not hold |")
+                       "SGD 0.1 m0.9 (diverged) | does not hold | – |")
 
 
 def test_write_report(tmp_path):
