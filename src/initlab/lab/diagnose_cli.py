@@ -16,7 +16,6 @@ A `module:factory` model is built by calling `factory(...)` with those of `in_ch
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import inspect
 import itertools
@@ -36,7 +35,7 @@ from .compare import CompareConfig, init_model, method_settings, new_model
 from .data import DATASETS, Batches, load_dataset
 from .models import MODELS, build_model
 from .train import TrainConfig
-from .usage import UsageError
+from .usage import UsageError, method_setting
 
 TEXT = ("bible",)  # the translation lab's English->Spanish verses
 
@@ -64,7 +63,7 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--max-words", type=int, default=16, help="bible: longest verse kept")
     p.add_argument("--methods", default="default",
                    help="comma-separated registry names; a+b: a, then b")
-    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
+    p.add_argument("--set", dest="settings", type=method_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE", help="a method setting (repeatable)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                    help="the optimizer whose first step is diagnosed")
@@ -79,19 +78,6 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--out", default="runs/diagnose", help="folder for the figures and JSON")
     p.add_argument("--quiet", action="store_true", help="print only the comparison")
     p.add_argument("-v", "--verbose", action="store_true", help="the methods' own logs")
-
-
-def _setting(text: str) -> tuple[str, str, Any]:
-    """METHOD.KEY=VALUE -> (method, key, value), as `initlab compare --set` reads it."""
-    try:
-        lhs, raw = text.split("=", 1)
-        method, key = lhs.split(".", 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE, got {text!r}") from None
-    try:
-        return method, key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return method, key, raw
 
 
 def validate(a: argparse.Namespace) -> Callable[..., nn.Module] | None:
