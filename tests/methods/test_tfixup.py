@@ -182,3 +182,38 @@ def test_refusals_leave_the_model_unchanged():
     with pytest.raises(ValueError, match="n_decoder"):
         initlab.initialize(model, "tfixup", n_decoder=0)
     assert_same(model, before)
+
+
+class DecoderOnly(nn.Module):
+    """A decoder stack without an encoder: N_e is not needed, N_d = 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.tgt_embed = nn.Embedding(VOCAB, D)
+        self.layers = nn.ModuleList(nn.TransformerDecoderLayer(D, 2, 32) for _ in range(2))
+
+
+def test_decoder_only_model_and_its_depth_checks():
+    model = DecoderOnly()
+    initlab.initialize(model, "tfixup", seed=0)      # no encoder: nothing to check for N_e
+    ratio = model.tgt_embed.weight.std().item() / (D ** -0.5 * factors(1, 2)["tgt"])
+    assert abs(ratio - 1) < 0.08, ratio
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="n_encoder"):
+        initlab.initialize(model, "tfixup", n_encoder=0)   # given, so checked
+    assert_same(model, before)
+
+
+def test_embeddings_named_for_one_side_only_and_the_warning_for_the_rest(caplog):
+    model = Seq2Seq()
+    tgt = model.tgt_embed.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="initlab.methods.tfixup"):
+        initlab.initialize(model, "tfixup", seed=0, encoder_embeddings=["src_embed"])
+    assert torch.equal(model.tgt_embed.weight, tgt)    # named roles only: tgt_embed not matched
+    assert "tgt_embed, pos_embed are neither" in caplog.text
+    caplog.clear()
+    model = Seq2Seq()
+    with caplog.at_level("WARNING", logger="initlab.methods.tfixup"):
+        initlab.initialize(model, "tfixup", seed=0, encoder_embeddings=["src_embed"],
+                           decoder_embeddings=["tgt_embed", "pos_embed"])
+    assert caplog.text == ""
