@@ -201,6 +201,10 @@ def test_decoder_only_model_and_its_depth_checks():
     before = snapshot(model)
     with pytest.raises(ValueError, match="n_encoder"):
         initlab.initialize(model, "tfixup", n_encoder=0)   # given, so checked
+    model.src_embed = nn.Embedding(VOCAB, D)                 # an encoder input, no encoder
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="an encoder embedding needs N_e >= 1"):
+        initlab.initialize(model, "tfixup")
     assert_same(model, before)
 
 
