@@ -19,6 +19,7 @@ import argparse
 import ast
 import importlib
 import inspect
+import itertools
 import json
 from functools import partial
 from pathlib import Path
@@ -138,12 +139,13 @@ def main_from_args(a: argparse.Namespace) -> int:
     except FileNotFoundError as e:  # the Bible corpus needs its Debian packages
         raise UsageError(str(e)) from None
     out = Path(a.out)
+    batches = list(itertools.islice(lab.batches, a.batches))  # the same ones for every method
     found = []
     for spec in a.methods:
         model = lab.build().to(a.device)  # the seed's constructor draws, for every method
         for name in spec.split("+"):
             lab.initialize(model, name)
-        d = diagnose(model, lab.batches, lr=a.lr, loss_fn=lab.loss_fn, optimizer=a.optimizer,
+        d = diagnose(model, batches, lr=a.lr, loss_fn=lab.loss_fn, optimizer=a.optimizer,
                      momentum=a.momentum, weight_decay=a.weight_decay, batches=a.batches,
                      label=spec)
         d.plot(out / f"{spec}.png")
@@ -216,8 +218,8 @@ class TextLab:
         train = self.data.src["train"], self.data.tgt["train"]
         self.size = a.batch_size or 32
         self.batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed, device=a.device)
-        self.init_batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed + 7919,
-                                         device=a.device)
+        self.init_batches = partial(TokenBatches, *train, self.size, shuffle=True,
+                                    seed=a.seed + 7919, device=a.device)  # fresh per method
         self.loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
         self.settings: dict[str, dict[str, Any]] = {}
         for method, key, value in a.settings:
@@ -246,6 +248,6 @@ class TextLab:
                          label_smoothing=0.1, gradinit_steps=steps, gradinit_sgd_steps=200,
                          device=a.device)
         elif method_info(name).needs_data:
-            initialize(model, name, data=self.init_batches, loss_fn=self.loss_fn, **given)
+            initialize(model, name, data=self.init_batches(), loss_fn=self.loss_fn, **given)
         else:
             initialize(model, name, **given)
