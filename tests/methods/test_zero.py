@@ -19,7 +19,7 @@ def kron_hadamard(p):
     return h
 
 
-@pytest.mark.parametrize("p", [1, 2, 4, 8, 32, 512])
+@pytest.mark.parametrize("p", [1, 2, 4, 8, 32])
 def test_sylvester_hadamard(p):
     h = sylvester_hadamard(p)
     assert torch.equal(h, kron_hadamard(p))
