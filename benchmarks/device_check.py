@@ -27,12 +27,13 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g))
             for _ in range(8)]
-    probe = initlab.gradinit(copy.deepcopy(model), data, steps=1, gamma=1e30)
+    probe = initlab.gradinit(copy.deepcopy(model), data, steps=1, gamma=1e30, faithful=True)
     gamma = 0.95 * probe.history[0]["grad_norm"]  # a few constraint steps, then objective ones
     results = {}
     for device in ("cpu", args.device):
         m = copy.deepcopy(model).to(device)
-        results[device] = initlab.gradinit(m, data, steps=args.steps, gamma=gamma, scale_lr=1e-2)
+        results[device] = initlab.gradinit(m, data, steps=args.steps, gamma=gamma, scale_lr=1e-2,
+                                           faithful=True)
     cpu, dev = results["cpu"], results[args.device]
     worst = max(abs(dev.scales[k] - v) / abs(v) for k, v in cpu.scales.items() if v != 0)
     branches = [h["branch"][0] for h in cpu.history]

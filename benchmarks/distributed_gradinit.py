@@ -47,7 +47,8 @@ def problem(args: argparse.Namespace) -> tuple[torch.nn.Module, list]:
 def run(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict[str, Any]:
     model, batches = problem(args)
     data = list(Shard(batches, rank, world)) if world > 1 else batches
-    settings = dict(steps=args.steps, lr=0.1, scale_lr=MODELS[args.model][2], gamma=args.gamma)
+    settings = dict(steps=args.steps, lr=0.1, scale_lr=MODELS[args.model][2], gamma=args.gamma,
+                    faithful=True)  # the authors' search: a fixed number of iterations
     initlab.gradinit(copy.deepcopy(model), data, **dict(settings, steps=2))  # warm-up
     if world > 1:
         dist.barrier()

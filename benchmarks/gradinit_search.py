@@ -1,7 +1,8 @@
 """How GradInit's searches do from different starting inits: the study behind the default search.
 
     python benchmarks/gradinit_search.py --case mlp10 [--seeds 3] [--methods a,b] [--starts x,y]
-                                         [--out runs/gradinit_search] [--table]
+                                         [--jitter 0,1,2] [--out runs/gradinit_search]
+                                         [--table [--compact]]
 
 Every run is the lab's protocol (`initlab compare`): for seed s the same model draws, the same
 training batches and test set for every method; the model is built, started from an init, given
@@ -27,6 +28,7 @@ Methods (the candidates, written down before measuring; "default" is what `gradi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -81,7 +83,10 @@ def start(model: torch.nn.Module, name: str) -> None:
                     m.weight.mul_(3.0)
 
 
-def run(case: dict[str, Any], start_name: str, method: str, seed: int) -> dict[str, Any]:
+def run(case: dict[str, Any], start_name: str, method: str, seed: int,
+        jitter: int = 0) -> dict[str, Any]:
+    """One run; `jitter` j > 0 multiplies every parameter by 1 + j * 1e-6 after the init (the
+    same network up to round-off level, to see how chaotic the training itself is)."""
     data = load_dataset(case["data"])
     torch.manual_seed(seed)
     model = build_model(case["model"], in_channels=data.in_channels, image_size=data.image_size,
@@ -110,10 +115,14 @@ def run(case: dict[str, Any], start_name: str, method: str, seed: int) -> dict[s
                                     **settings)
         outcome = dict(report.outcome, iterations=len(report.history))
     init_seconds = time.perf_counter() - began
+    if jitter:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + jitter * 1e-6)
     torch.manual_seed(seed)
     cfg = TrainConfig(epochs=case["epochs"], lr=case["lr"], clip=case.get("clip"))
     result = train(model, train_batches, test_batches, cfg)
-    return dict(start=start_name, method=method, seed=seed, init_seconds=init_seconds,
+    return dict(start=start_name, method=method, seed=seed, jitter=jitter, init_seconds=init_seconds,
                 outcome=outcome, **result.to_dict())
 
 
@@ -122,7 +131,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault((r["start"], r["method"]), []).append(r)
     head = ("start", "method", "seeds", "first-epoch", "best", "worst best", "iters", "stop",
-            "guard: start -> returned", "fallbacks")
+            "one-step loss: start -> returned (runs no worse)", "fallbacks")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(xs: list[float]) -> str:
@@ -135,8 +144,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         its = [r["outcome"].get("iterations", 0) for r in rs]
         stops = sorted({r["outcome"].get("stop", "-") for r in rs})
         guards = [r["outcome"]["guard"] for r in rs if "guard" in r["outcome"]]
+        held = sum(x["returned"] <= x["start"] for x in guards)  # the guard's promise, per run
         g = "-" if not guards else (f"{statistics.fmean(x['start'] for x in guards):.3g} -> "
-                                    f"{statistics.fmean(x['returned'] for x in guards):.3g}")
+                                    f"{statistics.fmean(x['returned'] for x in guards):.3g} "
+                                    f"({held}/{len(guards)})")
         falls = sum(1 for x in guards if x["fell_back_to"])
         lines.append(" | ".join([s, m, str(len(rs)), ms(first), ms(best), f"{100 * min(best):.1f}",
                                  f"{statistics.fmean(its):.0f}", "/".join(stops), g,
@@ -170,6 +181,9 @@ def main() -> None:
     ap.add_argument("--starts", default=",".join(STARTS))
     ap.add_argument("--methods", default=MAIN)
     ap.add_argument("--out", default="runs/gradinit_search")
+    ap.add_argument("--jitter", default="0",
+                    help="e.g. 0,1,2: per seed, also the runs whose parameters are multiplied by "
+                         "1 + j * 1e-6 after the init (how chaotic training is)")
     ap.add_argument("--table", action="store_true", help="print the table of what is done")
     ap.add_argument("--compact", action="store_true",
                     help="with --table: starts x methods, best (worst seed) / first epoch")
@@ -178,23 +192,24 @@ def main() -> None:
     path = Path(a.out) / f"{a.case}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    done = {(r["start"], r["method"], r["seed"]) for r in rows}
+    jitters = [int(j) for j in a.jitter.split(",")]
+    done = {(r["start"], r["method"], r["seed"], r.get("jitter", 0)) for r in rows}
     if not a.table:
-        for seed in range(a.seeds):
-            for s in a.starts.split(","):
-                for m in a.methods.split(","):
-                    if (s, m, seed) in done:
-                        continue
-                    r = run(CASES[a.case], s, m, seed)
-                    print(f"{a.case} {s} {m} seed {seed}: best {r['best_acc'] or 0:.4f} "
-                          f"first {r['first_epoch_acc'] or 0:.4f} {r['outcome'].get('stop', '')} "
-                          f"{r['outcome'].get('iterations', '')} init {r['init_seconds']:.1f}s "
-                          f"train {r['seconds']:.0f}s", flush=True)
-                    with path.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
-                    rows.append(r)
+        for seed, start_name, m, j in itertools.product(range(a.seeds), a.starts.split(","),
+                                                        a.methods.split(","), jitters):
+            if (start_name, m, seed, j) in done:
+                continue
+            r = run(CASES[a.case], start_name, m, seed, j)
+            print(f"{a.case} {start_name} {m} seed {seed} jitter {j}: best {r['best_acc'] or 0:.4f}"
+                  f" first {r['first_epoch_acc'] or 0:.4f} {r['outcome'].get('stop', '')} "
+                  f"{r['outcome'].get('iterations', '')} init {r['init_seconds']:.1f}s "
+                  f"train {r['seconds']:.0f}s", flush=True)
+            with path.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            rows.append(r)
     chosen = [r for r in rows if r["start"] in a.starts.split(",")
-              and r["method"] in a.methods.split(",") and r["seed"] < a.seeds]
+              and r["method"] in a.methods.split(",") and r["seed"] < a.seeds
+              and r.get("jitter", 0) in jitters]
     print(compact(chosen, a.methods.split(",")) if a.compact else table(chosen))
 
 

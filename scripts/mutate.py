@@ -261,11 +261,13 @@ def run_forked(tests: list[str], timeout: float) -> tuple[bool, str]:
             os.waitpid(pid, 0)
             return True, "timeout"
         time.sleep(0.05)
-    output = log.read_text(errors="replace")[-4000:]
+    output = log.read_text(errors="replace")
     rc = os.waitstatus_to_exitcode(status)
-    if rc in (4, 5):  # usage error / nothing collected: a fault of this script, not a kill
-        return False, f"pytest exit {rc}: the tests did not run\n{output}"
-    return rc != 0, output
+    if rc == 4 and "\nERROR tests/" in output:  # the mutant broke collection (an import failed)
+        return True, output[-4000:]
+    if rc in (4, 5):  # a bad node id / nothing collected: a fault of this script, not a kill
+        return False, f"pytest exit {rc}: the tests did not run\n{output[-4000:]}"
+    return rc != 0, output[-4000:]
 
 
 # ---- the report ---------------------------------------------------------------------------------

@@ -29,6 +29,14 @@ def test_methods_on_a_lab_model_write_figures_json_and_the_comparison(tmp_path, 
     assert "kaiming+gradinit" in printed and "held-out loss before" in printed
 
 
+def test_every_method_is_diagnosed_on_the_same_batches(tmp_path):
+    rc = cli.main([*MLP, "--methods", "default,default", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    first, second = json.loads((tmp_path / "diagnoses.json").read_text())
+    assert first["batch_losses"] == second["batch_losses"]
+    assert first["loss_after"] == second["loss_after"]
+
+
 def test_a_module_factory_model_gets_the_data_sets_shape(tmp_path, monkeypatch, capsys):
     (tmp_path / "mynets.py").write_text(textwrap.dedent("""
         from torch import nn

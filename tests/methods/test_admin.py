@@ -57,7 +57,11 @@ def test_omega_is_the_hand_computed_profile():
     got = [float(s.multiplier) for s in model.sums]
     assert got == pytest.approx(expected, rel=1e-5)
     assert expected[1] > 2 and expected[2] != expected[1]      # not a trivial profile
-    assert [h["omega"] for h in report.history] == pytest.approx(expected, rel=1e-5)
+    assert [h["multiplier"] for h in report.history] == pytest.approx(expected, rel=1e-5)
+    assert report.kind == "residuals" and "model.sums.1" not in report.summary()
+    assert "sums.1: " in report.summary()
+    with pytest.raises(ValueError, match="buffers of the model"):
+        initlab.apply(PostLN(), report)
 
 
 def tiny_transformer(**kw):

@@ -82,3 +82,15 @@ def test_refusals_leave_the_model_unchanged():
     with pytest.raises(ValueError, match="Linear/Conv"):
         initlab.initialize(nn.Sequential(nn.ReLU()), "xavier")
     assert_same(model, before)
+
+
+@pytest.mark.parametrize("rule", ["kaiming", "xavier", "orthogonal"])
+def test_scale_multiplies_the_drawn_weights(rule):
+    plain, scaled = net(), net()
+    initlab.initialize(plain, rule, seed=3)
+    initlab.initialize(scaled, rule, seed=3, scale=3.0)  # He x 3: the same draws, three times
+    for (name, p), (_, q) in zip(plain.named_parameters(), scaled.named_parameters()):
+        factor = 3.0 if name.endswith("weight") else 1.0
+        torch.testing.assert_close(q, p * factor, rtol=1e-6, atol=0, msg=name)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        initlab.initialize(net(), rule, scale=0.0)

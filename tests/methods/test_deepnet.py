@@ -62,7 +62,7 @@ def check_stack(layers, alpha, beta):
             assert std_ratio(lin.weight.detach(), beta) == pytest.approx(1, abs=0.12)
 
 
-def test_encoder_decoder():
+def test_encoder_decoder(tmp_path):
     model = encoder_decoder()
     untouched = {n: p.detach().clone() for n, p in model.named_parameters()
                  if "embed" in n or "norm" in n or "bias" in n}
@@ -71,7 +71,11 @@ def test_encoder_decoder():
     check_stack(model.encoder, *expected["encoder"])
     check_stack(model.decoder, *expected["decoder"])
     assert all(torch.equal(model.get_parameter(n), p) for n, p in untouched.items())
-    assert [h["layers"] for h in report.history] == [3, 2]
+    by_stack = {h["stack"]: (h["layers"], h["multiplier"], h["gain"]) for h in report.history}
+    assert by_stack == {"encoder": (3, *expected["encoder"]), "decoder": (2, *expected["decoder"])}
+    assert len(report.history) == 3 * 2 + 2 * 3 and "encoder.0.attn_sum" in report.summary()
+    report.plot(tmp_path / "multipliers.png")
+    assert (tmp_path / "multipliers.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_encoder_only_and_decoder_only():

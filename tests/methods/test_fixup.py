@@ -7,6 +7,7 @@ from torch import nn
 
 import initlab
 from helpers.methods import ResMLP, assert_same, mlp, snapshot
+from initlab.methods.fixup import branch_factor
 
 
 def he_std_fan_out(w):
@@ -76,3 +77,54 @@ def test_refuses_unknown_classifier_unchanged():
     with pytest.raises(ValueError, match="classifier"):
         initlab.initialize(model, "fixup", classifier="nope")
     assert_same(model, before)
+
+
+def test_one_layer_branches_are_zeroed_with_nothing_to_scale():
+    assert branch_factor(3, 1) == 1.0           # L^(-1/(2m-2)) is undefined at m = 1
+    assert branch_factor(16, 3) == pytest.approx(0.5)
+    model = ResMLP(n_blocks=3, m=1, width=8)
+    initlab.initialize(model, "fixup", seed=0)
+    for block in model.blocks:
+        assert torch.count_nonzero(block.branch[0].weight) == 0
+        assert block.scale.item() == 1.0
+
+
+class Wrapped(nn.Module):
+    """Linears outside the branches before the classifier, and a module registered after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ResMLP(n_blocks=2, width=8)
+        self.proj = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 3)
+        self.after = nn.Identity()
+
+    def forward(self, x):
+        return self.after(self.out(self.proj(self.net(x))))
+
+
+def test_auto_classifier_is_the_last_linear_outside_the_branches(caplog):
+    model = Wrapped()
+    kept = {n: p.detach().clone() for n, p in model.named_parameters()
+            if n.startswith(("net.stem", "net.head", "proj"))}
+    auto = "".join(["au", "to"])      # equal to "auto", not the same object (as from a CLI)
+    with caplog.at_level("INFO", logger="initlab.methods.fixup"):
+        initlab.initialize(model, "fixup", classifier=auto, seed=0)
+    assert torch.count_nonzero(model.out.weight) == 0 and torch.count_nonzero(model.out.bias) == 0
+    for n, p in model.named_parameters():
+        if n in kept:
+            assert torch.equal(p, kept[n]), n
+    assert "2 residual branches initialized, classifier zeroed" in caplog.text
+
+
+def test_classifier_named_before_auto_in_sort_order(caplog):
+    model = nn.Sequential(ResMLP(n_blocks=2, width=8))   # names "0.stem", "0.head" sort < "auto"
+    head = model[0].head.weight.detach().clone()
+    with caplog.at_level("INFO", logger="initlab.methods.fixup"):
+        initlab.initialize(model, "fixup", classifier="0.stem", seed=0)
+    assert torch.count_nonzero(model[0].stem.weight) == 0
+    assert torch.equal(model[0].head.weight, head)
+    model = ResMLP(n_blocks=2, width=8)
+    with caplog.at_level("INFO", logger="initlab.methods.fixup"):
+        initlab.initialize(model, "fixup", classifier=None, seed=0)
+    assert caplog.records[-1].getMessage() == "fixup: 2 residual branches initialized"

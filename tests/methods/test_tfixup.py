@@ -182,3 +182,91 @@ def test_refusals_leave_the_model_unchanged():
     with pytest.raises(ValueError, match="n_decoder"):
         initlab.initialize(model, "tfixup", n_decoder=0)
     assert_same(model, before)
+
+
+class DecoderOnly(nn.Module):
+    """A decoder stack without an encoder: N_e is not needed, N_d = 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.tgt_embed = nn.Embedding(VOCAB, D)
+        self.layers = nn.ModuleList(nn.TransformerDecoderLayer(D, 2, 32) for _ in range(2))
+
+
+def test_decoder_only_model_and_its_depth_checks():
+    model = DecoderOnly()
+    initlab.initialize(model, "tfixup", seed=0)      # no encoder: nothing to check for N_e
+    ratio = model.tgt_embed.weight.std().item() / (D ** -0.5 * factors(1, 2)["tgt"])
+    assert abs(ratio - 1) < 0.08, ratio
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="n_encoder"):
+        initlab.initialize(model, "tfixup", n_encoder=0)   # given, so checked
+    model.src_embed = nn.Embedding(VOCAB, D)                 # an encoder input, no encoder
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="an encoder embedding needs N_e >= 1"):
+        initlab.initialize(model, "tfixup")
+    assert_same(model, before)
+
+
+def test_embeddings_named_for_one_side_only_and_the_warning_for_the_rest(caplog):
+    model = Seq2Seq()
+    tgt = model.tgt_embed.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="initlab.methods.tfixup"):
+        initlab.initialize(model, "tfixup", seed=0, encoder_embeddings=["src_embed"])
+    assert torch.equal(model.tgt_embed.weight, tgt)    # named roles only: tgt_embed not matched
+    assert "tgt_embed, pos_embed are neither" in caplog.text
+    caplog.clear()
+    model = Seq2Seq()
+    with caplog.at_level("WARNING", logger="initlab.methods.tfixup"):
+        initlab.initialize(model, "tfixup", seed=0, encoder_embeddings=["src_embed"],
+                           decoder_embeddings=["tgt_embed", "pos_embed"])
+    assert caplog.text == ""
+
+
+def test_every_constant_exactly_with_the_draws_replaced_by_their_scale(monkeypatch):
+    """With N(0, s) filling s and Xavier-uniform filling its bound b, every entry is exactly its
+    scale times the paper's factor: d^(-1/2) (9N)^(-1/4) for embeddings, b for q and k,
+    b 0.67 N_e^(-1/4) in the encoder, b (9 N_d)^(-1/4) in the decoder."""
+    model = Seq2Seq(n_enc=2, n_dec=3, separate_qkv=True)
+    monkeypatch.setattr(torch.nn.init, "normal_",
+                        lambda t, mean=0.0, std=1.0, generator=None: t.fill_(std))
+    monkeypatch.setattr(torch.nn.init, "xavier_uniform_", lambda t, gain=1.0, generator=None:
+                        t.fill_(gain * math.sqrt(6 / (t.shape[0] + t.shape[1]))))
+    initlab.initialize(model, "tfixup")
+
+    def exactly(w, value, name):
+        torch.testing.assert_close(w.detach(), torch.full_like(w, value), rtol=1e-6, atol=0,
+                                   msg=name)
+
+    exactly(model.src_embed.weight[1:], D ** -0.5 * 18 ** -0.25, "src_embed")
+    exactly(model.tgt_embed.weight[1:], D ** -0.5 * 27 ** -0.25, "tgt_embed")
+    assert torch.count_nonzero(model.tgt_embed.weight[0]) == 0
+    for stack, factor, kind in [(model.transformer.encoder.layers, 0.67 * 2 ** -0.25, "self_attn"),
+                                (model.transformer.decoder.layers, 27 ** -0.25, "self_attn"),
+                                (model.transformer.decoder.layers, 27 ** -0.25, "multihead_attn")]:
+        for i, layer in enumerate(stack):
+            attn = getattr(layer, kind)
+            q, k, v = blocks(attn)
+            exactly(q, xavier_bound(q), f"{kind}.{i} q")
+            exactly(k, xavier_bound(k), f"{kind}.{i} k")
+            exactly(v, xavier_bound(v) * factor, f"{kind}.{i} v")
+            exactly(attn.out_proj.weight, xavier_bound(attn.out_proj.weight) * factor, "out")
+            for lin in (layer.linear1, layer.linear2):
+                exactly(lin.weight, xavier_bound(lin.weight) * factor, f"{kind}.{i} ffn")
+
+
+class EncoderOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.src_embed = nn.Embedding(VOCAB, D)
+        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(D, 2, 32) for _ in range(2))
+
+
+def test_depths_given_for_a_missing_stack_are_checked_and_errors_list_the_embeddings():
+    model = EncoderOnly()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="n_decoder"):
+        initlab.initialize(model, "tfixup", n_decoder=0)
+    with pytest.raises(ValueError, match=r"\(embeddings: src_embed\)"):
+        initlab.initialize(model, "tfixup", decoder_embeddings=["nope"])
+    assert_same(model, before)

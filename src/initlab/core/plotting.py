@@ -151,3 +151,17 @@ def plot_draws(report: Report, path: Optional[str | os.PathLike] = None):
     _label(ax, names, axis="x")
     ax.set_title(f"{report.method}: std per layer")
     return _done(fig, path)
+
+
+def plot_residuals(report: Report, path: Optional[str | os.PathLike] = None):
+    """The multiplier per residual sum (bars, coloured by stack)."""
+    plt = pyplot()
+    h = report.history
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(h) + 2), 4.5))
+    stacks = sorted({s.get("stack", "") for s in h})
+    ax.bar(range(len(h)), [s["multiplier"] for s in h],
+           color=[f"C{stacks.index(s.get('stack', ''))}" for s in h])
+    ax.set_ylabel("residual multiplier")
+    _label(ax, [s["sum"] for s in h], axis="x")
+    ax.set_title(f"{report.method}: multiplier per residual sum")
+    return _done(fig, path)

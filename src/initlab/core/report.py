@@ -13,6 +13,7 @@ Each kind of method has its own report type, so that `summary()` and `plot()` sa
 | `LayerReport`    | LSUV               | per layer: output std before and after, tries | the factors *  |
 | `VarianceReport` | AutoInit           | per layer: predicted output variance, target  | refuses        |
 | `DrawReport`     | archscale          | per layer: fan-in, in-degree, std drawn       | refuses        |
+| `ResidualReport` | Admin, DeepNet     | per residual sum: the multiplier set, why     | refuses        |
 
 * LSUV's factors replay when it ran without its orthonormal pre-init; otherwise `apply` refuses.
 
@@ -193,6 +194,32 @@ class DrawReport(InitReport):
         """Weight std and in-degree per layer."""
         from .plotting import plot_draws
         return plot_draws(self, path)
+
+
+class ResidualReport(InitReport):
+    """Admin, DeepNet: per residual sum (`history`, in order: `sum`, `stack`, `multiplier`) the
+    skip multiplier set; Admin adds the profiled variances (`input_var`, `branch_var`), DeepNet
+    the Xavier gain its branch weights were drawn with (`gain`) and the stack's depth."""
+    kind = "residuals"
+    no_replay = ("the multipliers are buffers of the model (saved in its state_dict()), not "
+                 "scales of its tensors")
+
+    def summary(self) -> str:
+        h = self.history
+        lines = [f"{self.method}: {len(h)} residual multipliers set"]
+        for s in h[:30]:
+            extra = (f", branch gain {s['gain']:.4g}" if s.get("gain") is not None else
+                     f", Var input {s['input_var']:.3g}, Var branch {s['branch_var']:.3g}"
+                     if s.get("branch_var") is not None else "")
+            lines.append(f"  {s['sum']}: {s['multiplier']:.4g}{extra}")
+        if len(h) > 30:
+            lines.append(f"  ... {len(h) - 30} more sums")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """The multiplier per residual sum, in order."""
+        from .plotting import plot_residuals
+        return plot_residuals(self, path)
 
 
 def from_dict(d: dict[str, Any]) -> InitReport:

@@ -15,7 +15,7 @@ and method settings; `method_settings` and explicit fields override it. Method s
 - in a method's settings, `steps="epoch"` is one pass over its batches, `steps="train-epoch"`
   the number of training steps in an epoch (GradInit's S is one training batch), either
   clamped to [LO, HI] with ":LO:HI"; `batch_fraction` (default 1/2; 1 for `gradinit`, whose S
-  is one of its batches) sizes its batches as a fraction of the training batch.
+  is one of its batches, and `gradinit-warmstart`) sizes its batches as a fraction of the training batch.
 
 With `out`, every finished run is stored as `<out>/runs/<method>--seed<k>.json` (`lab.store`):
 a stopped table continues where it stopped, and several processes given the same settings fill
@@ -85,8 +85,10 @@ class CompareConfig:
 def method_settings(name: str, cfg: CompareConfig, n_train: int) -> dict[str, Any]:
     """Keyword settings for method `name` of a resolved config, for `n_train` training
     examples; `batch_fraction` stays in (`init_model` leaves it out)."""
-    # the default gradinit's S is one training batch; others (the authors' S = B0 u B1): halves
-    settings: dict[str, Any] = {"batch_fraction": 1.0 if name == "gradinit" else 0.5}
+    # the default gradinit's S (and its warm start's batch) is one training batch; others (the
+    # authors' S = B0 u B1): halves
+    full = name in ("gradinit", "gradinit-warmstart")
+    settings: dict[str, Any] = {"batch_fraction": 1.0 if full else 0.5}
     if name in ("gradinit", "gradinit-authors"):
         t = cfg.train
         settings.update(target=t.optimizer, lr=t.lr)

@@ -16,9 +16,9 @@ A `module:factory` model is built by calling `factory(...)` with those of `in_ch
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import inspect
+import itertools
 import json
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ from .compare import CompareConfig, init_model, method_settings, new_model
 from .data import DATASETS, Batches, load_dataset
 from .models import MODELS, build_model
 from .train import TrainConfig
-from .usage import UsageError
+from .usage import UsageError, method_setting
 
 TEXT = ("bible",)  # the translation lab's English->Spanish verses
 
@@ -63,7 +63,7 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--max-words", type=int, default=16, help="bible: longest verse kept")
     p.add_argument("--methods", default="default",
                    help="comma-separated registry names; a+b: a, then b")
-    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
+    p.add_argument("--set", dest="settings", type=method_setting, action="append", default=[],
                    metavar="METHOD.KEY=VALUE", help="a method setting (repeatable)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                    help="the optimizer whose first step is diagnosed")
@@ -78,19 +78,6 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--out", default="runs/diagnose", help="folder for the figures and JSON")
     p.add_argument("--quiet", action="store_true", help="print only the comparison")
     p.add_argument("-v", "--verbose", action="store_true", help="the methods' own logs")
-
-
-def _setting(text: str) -> tuple[str, str, Any]:
-    """METHOD.KEY=VALUE -> (method, key, value), as `initlab compare --set` reads it."""
-    try:
-        lhs, raw = text.split("=", 1)
-        method, key = lhs.split(".", 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE, got {text!r}") from None
-    try:
-        return method, key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return method, key, raw
 
 
 def validate(a: argparse.Namespace) -> Callable[..., nn.Module] | None:
@@ -138,12 +125,13 @@ def main_from_args(a: argparse.Namespace) -> int:
     except FileNotFoundError as e:  # the Bible corpus needs its Debian packages
         raise UsageError(str(e)) from None
     out = Path(a.out)
+    batches = list(itertools.islice(lab.batches, a.batches))  # the same ones for every method
     found = []
     for spec in a.methods:
         model = lab.build().to(a.device)  # the seed's constructor draws, for every method
         for name in spec.split("+"):
             lab.initialize(model, name)
-        d = diagnose(model, lab.batches, lr=a.lr, loss_fn=lab.loss_fn, optimizer=a.optimizer,
+        d = diagnose(model, batches, lr=a.lr, loss_fn=lab.loss_fn, optimizer=a.optimizer,
                      momentum=a.momentum, weight_decay=a.weight_decay, batches=a.batches,
                      label=spec)
         d.plot(out / f"{spec}.png")
@@ -216,8 +204,8 @@ class TextLab:
         train = self.data.src["train"], self.data.tgt["train"]
         self.size = a.batch_size or 32
         self.batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed, device=a.device)
-        self.init_batches = TokenBatches(*train, self.size, shuffle=True, seed=a.seed + 7919,
-                                         device=a.device)
+        self.init_batches = partial(TokenBatches, *train, self.size, shuffle=True,
+                                    seed=a.seed + 7919, device=a.device)  # fresh per method
         self.loss_fn = partial(seq2seq_loss, label_smoothing=0.1)
         self.settings: dict[str, dict[str, Any]] = {}
         for method, key, value in a.settings:
@@ -246,6 +234,6 @@ class TextLab:
                          label_smoothing=0.1, gradinit_steps=steps, gradinit_sgd_steps=200,
                          device=a.device)
         elif method_info(name).needs_data:
-            initialize(model, name, data=self.init_batches, loss_fn=self.loss_fn, **given)
+            initialize(model, name, data=self.init_batches(), loss_fn=self.loss_fn, **given)
         else:
             initialize(model, name, **given)

@@ -172,6 +172,7 @@ def plot_curves(results: dict[str, Any], path: str | Path) -> None:
     loss_ax.set_yscale("log")
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     if acc_ax.get_legend_handles_labels()[0]:
         acc_ax.legend(fontsize=7 if len(methods) > 6 else 9)

@@ -11,6 +11,7 @@ helpers below check the common kinds of arguments; each names the flag and the v
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import math
 import os
@@ -104,3 +105,17 @@ def reraise(flag: str, error: BaseException) -> NoReturn:
     """A library error about `flag`'s value, as a UsageError naming the flag."""
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     raise UsageError(f"{flag}: {message}") from None
+
+
+def method_setting(text: str) -> tuple[str, str, object]:
+    """`--set METHOD.KEY=VALUE` -> (method, key, value); VALUE read as a Python literal if it is
+    one, else kept as a string."""
+    try:
+        lhs, raw = text.split("=", 1)
+        method, key = lhs.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE, got {text!r}") from None
+    try:
+        return method, key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return method, key, raw

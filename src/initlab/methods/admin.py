@@ -23,8 +23,8 @@ The model exposes its sums as `initlab.ResidualSum` modules (see `core.residual`
 without them, or whose Transformer layers normalize first (Pre-LN), is refused and left
 unchanged. Departure from the authors' code, and why: omega is a fixed scalar buffer here, where
 their code makes it a trainable per-channel vector filled with omega_i (initlab initializes; it
-does not add parameters to the user's model). The report lists omega per sum in `history`; the
-values live in the model's state dict.
+does not add parameters to the user's model). The report (`ResidualReport`) lists omega and
+both variances per sum; the values live in the model's state dict.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from torch import nn
 from ..core.batches import BatchStream
 from ..core.finish import finish, plain_settings, unchanged_on_error
 from ..core.loss import LossFn, default_loss
-from ..core.report import InitReport
+from ..core.report import ResidualReport
 from ..core.residual import NO_SUMS, ResidualSum, SumSite, pre_ln_layers, residual_sums
 from ..registry import register
 
@@ -71,7 +71,7 @@ def profile_sums(model: nn.Module, sites: list[SumSite],
         module.multiplier.fill_(omega)
         x_var, f_var = float((omega * x).var(unbiased=False)), float(f_x.var(unbiased=False))
         ratio[site.stack] = math.sqrt(x_var + f_var)
-        records.append(dict(sum=site.name, stack=site.stack or "", omega=omega,
+        records.append(dict(sum=site.name, stack=site.stack or "", multiplier=omega,
                             input_var=x_var, branch_var=f_var))
 
     hooks = [s.sum.register_forward_pre_hook(before) for s in sites]
@@ -85,7 +85,7 @@ def profile_sums(model: nn.Module, sites: list[SumSite],
     if missed:
         raise ValueError(f"admin: the profiling pass never reached {', '.join(missed)}; every "
                          "residual sum must run in the model's forward pass")
-    bad = [r["sum"] for r in records if not math.isfinite(r["omega"])]
+    bad = [r["sum"] for r in records if not math.isfinite(r["multiplier"])]
     if bad or not all(math.isfinite(r["branch_var"]) for r in records):
         raise FloatingPointError(f"admin: non-finite variance in the profiling pass (at "
                                  f"{', '.join(bad) or 'a branch output'}); check the batch")
@@ -93,9 +93,10 @@ def profile_sums(model: nn.Module, sites: list[SumSite],
 
 
 @register("admin", needs_data=True, description="Post-LN residual weights omega from one "
-          "profiling forward pass", paper="Liu, Liu, Gao, Chen & Han, EMNLP 2020")
+          "profiling forward pass", paper="Liu, Liu, Gao, Chen & Han, EMNLP 2020",
+          config=AdminConfig)
 def admin(model: nn.Module, data: Iterable, *, loss_fn: Optional[LossFn] = None,
-          **settings: Any) -> InitReport:
+          **settings: Any) -> ResidualReport:
     """Set every `ResidualSum`'s multiplier to Admin's omega, from one forward pass on the first
     batch of `data` (run through `loss_fn(model, batch)`, default: `(inputs, targets)` with
     cross-entropy). The model is unchanged on error."""
@@ -124,6 +125,8 @@ def admin(model: nn.Module, data: Iterable, *, loss_fn: Optional[LossFn] = None,
         finally:
             for m, flag in modes.items():
                 m.training = flag
-    log.info("admin: omega from %.3g to %.3g over %d residual sums",
-             min(r["omega"] for r in records), max(r["omega"] for r in records), len(records))
-    return finish(model, "admin", settings=plain_settings(cfg), history=records)
+    omegas = [r["multiplier"] for r in records]
+    log.info("admin: omega from %.3g to %.3g over %d residual sums", min(omegas), max(omegas),
+             len(records))
+    return finish(model, "admin", settings=plain_settings(cfg), history=records,
+                  report=ResidualReport)

@@ -10,7 +10,8 @@ gain comes from the activation: `nonlinearity="auto"` (its default) reads the mo
 modules (ReLU, LeakyReLU with its slope, Tanh, Sigmoid, SELU) when they are all one kind, else
 "relu". Xavier and orthogonal use gain 1 as in their papers (`nonlinearity="linear"`) unless
 given `nonlinearity="auto"` or a name. Other modules (norms, embeddings) keep their values.
-No departure from the papers.
+No departure from the papers (`scale` multiplies the drawn weights, 1 by default: He × 3 is an
+init too large on purpose, for robustness studies).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class ClassicConfig:
     distribution: str = "normal"    # "normal" or "uniform" (Kaiming, Xavier)
     bias: str = "zero"              # "zero" or "keep"
     seed: Optional[int] = None      # draws; None: torch's global generator
+    scale: float = 1.0              # multiplies every drawn weight (3: He x 3, an init too large
+    #                                 on purpose, e.g. to test a method's robustness)
 
     def validate(self) -> None:
         require(self.mode in ("fan_in", "fan_out"), f"mode must be 'fan_in' or 'fan_out', "
@@ -44,6 +47,8 @@ class ClassicConfig:
         require(self.distribution in ("normal", "uniform"),
                 f"distribution must be 'normal' or 'uniform', got {self.distribution!r}")
         require(self.bias in ("zero", "keep"), f"bias must be 'zero' or 'keep', got {self.bias!r}")
+        require(isinstance(self.scale, (int, float)) and 0 < self.scale < float("inf"),
+                f"scale must be a positive finite number, got {self.scale!r}")
         if self.nonlinearity != "auto":
             torch.nn.init.calculate_gain(self.nonlinearity, 0.01)  # raises on an unknown name
 
@@ -74,7 +79,7 @@ def _apply(rule: str, model: nn.Module, settings: dict[str, Any]) -> None:
                 w = draw(m.weight, fill, gen, gain=gain)
             else:
                 w = draw(m.weight, torch.nn.init.orthogonal_, gen, gain=gain)
-            plan.set(m.weight, w)
+            plan.set(m.weight, w * cfg.scale if cfg.scale != 1 else w)
             if cfg.bias == "zero":
                 plan.zero(m.bias)
         plan.commit(rule)

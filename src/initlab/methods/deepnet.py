@@ -26,7 +26,7 @@ No departure from the paper.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..core.checks import integer, require
 from ..core.finish import finish, plain_settings, unchanged_on_error
-from ..core.report import InitReport
+from ..core.report import ResidualReport
 from ..core.residual import NO_SUMS, SumSite, pre_ln_layers, residual_sums
 from ..core.rules import Staged, draw, generator
 from ..registry import register
@@ -111,8 +111,9 @@ def _stage_branch(branch: tuple[nn.Module, ...], beta: float, plan: Staged,
 
 
 @register("deepnet", description="DeepNorm: residual multiplier alpha and Xavier gain beta "
-          "from the depths (Post-LN)", paper="Wang, Ma, Dong, Huang, Zhang & Wei, 2022")
-def deepnet(model: nn.Module, **settings: Any) -> InitReport:
+          "from the depths (Post-LN)", paper="Wang, Ma, Dong, Huang, Zhang & Wei, 2022",
+          config=DeepNetConfig)
+def deepnet(model: nn.Module, **settings: Any) -> ResidualReport:
     """Set every `ResidualSum`'s multiplier to alpha and re-draw its branch's weights with
     gain beta, in place. The model is unchanged on error."""
     cfg = DeepNetConfig(**settings)
@@ -140,5 +141,7 @@ def deepnet(model: nn.Module, **settings: Any) -> InitReport:
         plan.commit("deepnet")
     log.info("deepnet: %s", ", ".join(f"{k} (N={depths[k]}) alpha={c.alpha:.4g} beta={c.beta:.4g}"
                                       for k, c in constants.items()))
-    history = [dict(stack=k, layers=depths[k], **asdict(c)) for k, c in constants.items()]
-    return finish(model, "deepnet", settings=plain_settings(cfg), history=history)
+    history = [dict(sum=s.name, stack=s.stack, multiplier=constants[s.stack].alpha,
+                    gain=constants[s.stack].beta, layers=depths[s.stack]) for s in sites]
+    return finish(model, "deepnet", settings=plain_settings(cfg), history=history,
+                  report=ResidualReport)

@@ -107,8 +107,8 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
     found = opt.alpha
     outcome: dict[str, Any] = dict(search="default", stop=reason, iterations=len(history))
     if reason == "budget" and search.is_main:
-        log.warning("gradinit stopped at its budget of %d iterations while the objective was "
-                    "still improving; pass a larger steps= to let it finish", cfg.steps)
+        log.warning("gradinit stopped at its budget of %d iterations before its look-ahead "
+                    "loss stopped improving; pass a larger steps= to let it finish", cfg.steps)
     elif reason == "constraint never met" and search.is_main:
         log.warning("gradinit: the gradient norm stayed above gamma=%g in the last %d "
                     "iterations; the scales satisfy neither the bound nor the objective yet "

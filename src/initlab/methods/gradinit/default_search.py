@@ -11,8 +11,8 @@ N(g) <= gamma, p = alpha * w), found differently:
    the objective's mean over each window of `patience` iterations is compared with the best
    window so far; a window that does not improve it by 1 % halves the scale learning rate, and
    the third such window ends the search ("converged"). Otherwise it ends at `steps`
-   ("budget", with a warning that the objective was still improving) or, when the last window
-   took only constraint steps, "constraint never met";
+   ("budget", with a warning that it had not converged) or, when the last window took only
+   constraint steps, "constraint never met";
 4. the guard (`guard.py`): the result is returned only if, on a held-out batch, one step of the
    target optimizer from it does no worse than from the start; else the warm start, else the
    start.

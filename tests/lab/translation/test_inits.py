@@ -1,0 +1,47 @@
+"""The grid's methods: which cells run them, what each passes to the registry, how their cached
+initializations are named."""
+import pytest
+
+from initlab.lab.translation import inits
+from initlab.methods.gradinit import TRANSFORMER_RECIPE
+
+
+def test_which_cells_run_which_methods():
+    assert inits.runs_in("gradinit-authors", "adam") and not inits.runs_in("gradinit-authors", "sgd")
+    assert inits.runs_in("gradinit-sgd", "sgd") and not inits.runs_in("gradinit-sgd", "adam")
+    assert all(inits.runs_in(m, o) for m in ("default", "warmup", "gradinit", "tfixup", "admin",
+                                             "deepnet") for o in ("adam", "sgd"))
+    assert "gradinit-sgd" not in inits.DEFAULT_METHODS
+
+
+def test_cache_keys():
+    key = lambda m, o="adam", lr=1e-3, seed=0: inits.init_key(  # noqa: E731
+        m, o, lr, seed, gradinit_steps=780, gradinit_sgd_steps=200)
+    assert key("default") is None and key("warmup") is None
+    assert key("gradinit-authors", lr=2e-3) == "gradinit-authors-s780"   # one search, every rate
+    assert key("gradinit") == "gradinit-adam-lr0.001"
+    assert key("gradinit", "sgd", 0.15, seed=1) == "gradinit-sgd-lr0.15-seed1"
+    assert key("gradinit-sgd", "sgd", 0.15) == "gradinit-sgd-lr0.15-s200"
+    assert key("admin", seed=2) == "admin-seed2"
+
+
+@pytest.mark.parametrize("method,optimizer,expected", [
+    ("gradinit", "adam", dict(target="adam", lr=2e-3, betas=(0.9, 0.98))),
+    ("gradinit", "sgd", dict(target="sgd", lr=2e-3)),
+    ("gradinit-authors", "adam", dict(TRANSFORMER_RECIPE, steps=7, batching="split")),
+    ("gradinit-sgd", "sgd", dict(TRANSFORMER_RECIPE, steps=5, batching="split", target="sgd",
+                                 lr=2e-3, gamma=1.0)),
+    ("admin", "sgd", {}),
+])
+def test_what_reaches_the_registry(monkeypatch, method, optimizer, expected):
+    calls = []
+    monkeypatch.setattr(inits, "initialize", lambda model, name, **kw: calls.append((name, kw)))
+    data = type("D", (), {"src": {"train": ["x"]}, "tgt": {"train": ["y"]}})()
+    inits.apply_method("model", method, data, optimizer=optimizer, lr=2e-3, seed=3, batch_size=4,
+                       label_smoothing=0.1, gradinit_steps=7, gradinit_sgd_steps=5, device="cpu")
+    (name, kw), = calls
+    assert name == {"gradinit-sgd": "gradinit-authors"}.get(method, method)
+    batches, loss_fn = kw.pop("data"), kw.pop("loss_fn")
+    assert kw == expected
+    assert batches.seed == 3 + 7919 and batches.shuffle and batches.batch_size == 4
+    assert loss_fn.keywords == {"label_smoothing": 0.1}
