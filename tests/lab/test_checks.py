@@ -31,6 +31,12 @@ def test_fixed_rules_are_tried_on_the_model(tmp_path):
              "--set", "fixup.mode=sideways", "--out", str(tmp_path)]))
 
 
+def test_the_cifar_vgg_under_a_recipe_passes(tmp_path):
+    check_compare_args(cli.parser().parse_args(
+        ["compare", "--recipe", "authors-cnn", "--model", "cifar-vgg", "--depth", "19",
+         "--augment", "crop,flip", "--pad-to", "32", "--out", str(tmp_path)]))
+
+
 def test_lab_settings_and_epoch_steps_are_accepted(tmp_path):
     check_compare_args(args("--set", "gradinit.batch_fraction=0.25", "--set",
                             "gradinit.steps=epoch", "--out", str(tmp_path)))
@@ -46,6 +52,11 @@ def test_lab_settings_and_epoch_steps_are_accepted(tmp_path):
     (["--clip", "-1"], "--clip must be a number >= 0"),
     (["--model", "resnet", "--depth", "9"], "--model resnet: "),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--recipe", "authors-cmn"], "--recipe 'authors-cmn' is unknown (did you mean 'authors-cnn'"),
+    (["--augment", "crop,rotate"], "--augment 'rotate' is unknown"),
+    (["--pad-to", "-1"], "--pad-to must be an integer >= 0"),
+    (["--bias-lr-scale", "0"], "--bias-lr-scale must be a positive number"),
+    (["--max-minutes", "-5"], "--max-minutes must be a number >= 0"),
 ])
 def test_refusals(extra, message, tmp_path):
     with pytest.raises(UsageError) as info:

@@ -70,6 +70,7 @@ def check_numbers(a: argparse.Namespace) -> None:
     usage.non_negative("--clip", getattr(a, "clip", None))
     usage.positive("--bias-lr-scale", getattr(a, "bias_lr_scale", None))
     usage.at_least("--pad-to", getattr(a, "pad_to", None), minimum=0)
+    usage.non_negative("--max-minutes", getattr(a, "max_minutes", None))
 
 
 def check_data(a: argparse.Namespace) -> None:
