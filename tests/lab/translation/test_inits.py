@@ -45,3 +45,19 @@ def test_what_reaches_the_registry(monkeypatch, method, optimizer, expected):
     assert kw == expected
     assert batches.seed == 3 + 7919 and batches.shuffle and batches.batch_size == 4
     assert loss_fn.keywords == {"label_smoothing": 0.1}
+
+
+@pytest.mark.parametrize("method", ["default", "warmup", "nope"])
+def test_methods_without_an_init_to_compute_are_refused(method):
+    with pytest.raises(ValueError, match="no initialization to compute"):
+        inits.apply_method("model", method, None, optimizer="adam", lr=1e-3, seed=0,
+                           batch_size=4, label_smoothing=0.1, gradinit_steps=1,
+                           gradinit_sgd_steps=1, device="cpu")
+
+
+def test_the_report_summary_keeps_plain_values():
+    report = type("R", (), {"kind": "scales", "history": [{}, {}, {}],
+                            "outcome": {"stop": "converged", "guard": {"start": 1.5}}})()
+    assert inits.report_summary(report) == dict(kind="scales", iterations=3, outcome={
+        "stop": "converged", "guard": {"start": 1.5}})
+    assert inits.report_summary(None) == {}

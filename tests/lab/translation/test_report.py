@@ -1,7 +1,13 @@
 """The translation grid's tables, claims and figures."""
 import json
 
-from initlab.lab.translation.report import claims, format_grid, format_seeds, write_report
+from initlab.lab.translation.report import (
+    claims,
+    format_grid,
+    format_searches,
+    format_seeds,
+    write_report,
+)
 
 
 def cell(method, valid, diverged=False, opt="adam", lr=1e-3, mom=None, seed=0, bleu=1.5):
@@ -56,3 +62,20 @@ def test_write_report(tmp_path):
     assert (tmp_path / "table.md").read_text() == text + "\n"
     for name in ("heatmaps.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_default_search_against_the_authors_recipe():
+    def searched(method, valid, lr, iterations, stop=None, **kw):
+        c = cell(method, valid, lr=lr, **kw)
+        c["init_report"] = dict(kind="scales", iterations=iterations,
+                                outcome={"stop": stop} if stop else {})
+        return c
+    cells = [searched("gradinit-authors", [5.8, 5.2], 5e-4, 780),
+             searched("gradinit", [5.8, 5.1], 5e-4, 60, "converged"),
+             searched("gradinit-authors", [5.8, 5.0], 1e-3, 780),
+             searched("gradinit", [5.8, 5.3], 1e-3, 200, "budget"),
+             searched("gradinit", [5.8, 5.3], 0.1, 50, "converged", opt="sgd", mom=0.9)]
+    rows = format_searches(cells).splitlines()[2:]
+    assert rows == [
+        "| Adam 0.0005 | 5.20, 780 | 5.10, 60, converged | holds |",
+        "| Adam 0.001 | 5.00, 780 | 5.30, 200, budget | does not hold (higher loss) |"]

@@ -24,7 +24,7 @@ import torch
 
 from ..store import claim, write_atomic
 from .data import TokenBatches, TranslationData, load_translation_data
-from .inits import DEFAULT_METHODS, METHODS, apply_method, init_key, runs_in
+from .inits import DEFAULT_METHODS, METHODS, apply_method, init_key, report_summary, runs_in
 from .model import TransformerConfig, TranslationTransformer
 from .recipe import mt_settings
 from .training import Seq2SeqConfig, bleu, train_seq2seq, translate
@@ -122,13 +122,14 @@ def build(cfg: GridConfig, vocab_size: int, seed: Optional[int] = None) -> Trans
 
 
 def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
-                out: Path) -> tuple[TranslationTransformer, float]:
-    """The model after the cell's method (cached as a state dict), and the seconds it took."""
+                out: Path) -> tuple[TranslationTransformer, dict[str, Any]]:
+    """The model after the cell's method (cached as a state dict with what its report said), and
+    {"seconds": the time the init took, "report": ...}."""
     model = build(cfg, data.vocab_size, cell.seed)
     key = init_key(cell.method, cell.optimizer, cell.lr, cell.seed,
                    gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps)
     if key is None:
-        return model, 0.0
+        return model, dict(seconds=0.0, report={})
     path = out / "inits" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() and not claim(path):
@@ -136,25 +137,24 @@ def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         model.load_state_dict(saved["state"])
-        return model, saved["seconds"]
+        return model, dict(seconds=saved["seconds"], report=saved.get("report", {}))
     start = time.perf_counter()
     try:
-        apply_method(model, cell.method, data, optimizer=cell.optimizer, lr=cell.lr,
-                     seed=cell.seed, batch_size=cfg.batch_size,
-                     label_smoothing=train_config(cfg, cell).label_smoothing,
-                     gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
-                     device=cfg.device)
-        seconds = time.perf_counter() - start
-        write_atomic(path, lambda tmp: torch.save({"state": model.state_dict(), "seconds": seconds},
-                                            tmp))
+        report = apply_method(
+            model, cell.method, data, optimizer=cell.optimizer, lr=cell.lr, seed=cell.seed,
+            batch_size=cfg.batch_size, label_smoothing=train_config(cfg, cell).label_smoothing,
+            gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
+            device=cfg.device)
+        info = dict(seconds=time.perf_counter() - start, report=report_summary(report))
+        write_atomic(path, lambda tmp: torch.save(dict(info, state=model.state_dict()), tmp))
     finally:
         path.with_suffix(".claim").unlink(missing_ok=True)
-    return model, seconds
+    return model, info
 
 
 def run_cell(cfg: GridConfig, data: TranslationData, cell: Cell, out: Path) -> dict[str, Any]:
     cell = Cell(*cell)
-    model, init_seconds = initialized(cfg, data, cell, out)
+    model, init = initialized(cfg, data, cell, out)
     train_cfg = train_config(cfg, cell)
     train_b = TokenBatches(data.src["train"], data.tgt["train"], cfg.batch_size, shuffle=True,
                            seed=cell.seed, device=cfg.device)
@@ -170,7 +170,8 @@ def run_cell(cfg: GridConfig, data: TranslationData, cell: Cell, out: Path) -> d
         log.info("%s: test BLEU %s (%.0f s decoding)", cell_name(*cell), score,
                  time.perf_counter() - start)
     return dict(optimizer=cell.optimizer, lr=cell.lr, momentum=cell.momentum, method=cell.method,
-                seed=cell.seed, recipe=cfg.recipe, init_seconds=init_seconds, bleu=score,
+                seed=cell.seed, recipe=cfg.recipe, init_seconds=init["seconds"],
+                init_report=init["report"], bleu=score,
                 hypotheses=hyps, train=asdict(train_cfg), model=asdict(model.cfg),
                 **result.to_dict())
 

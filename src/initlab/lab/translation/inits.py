@@ -13,10 +13,13 @@
 - `gradinit-sgd` (not in the default list): the authors' algorithm with an SGD target at the
   cell's rate, gamma 1, `gradinit_sgd_steps` iterations (SGD cells only).
 
-`init_key` names the cached result (None: nothing to compute); `apply_method` computes it.
+`init_key` names the cached result (None: nothing to compute); `apply_method` computes it;
+`report_summary` keeps what the grid records of its report (for GradInit: the iterations run
+and how the search ended).
 """
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any, Optional
 
@@ -50,7 +53,12 @@ def init_key(method: str, optimizer: str, lr: float, seed: int, *, gradinit_step
 def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimizer: str,
                  lr: float, seed: int, batch_size: int, label_smoothing: float,
                  gradinit_steps: int, gradinit_sgd_steps: int, device: str) -> Any:
-    """Initialize `model` in place with `method` for a cell of this optimizer and rate."""
+    """Initialize `model` in place with `method` for a cell of this optimizer and rate; returns
+    the method's report."""
+    if method not in METHODS or init_key(method, optimizer, lr, seed, gradinit_steps=1,
+                                          gradinit_sgd_steps=1) is None:
+        raise ValueError(f"no initialization to compute for grid method {method!r}; the grid's "
+                         f"methods that compute one: {', '.join(m for m in METHODS[2:])}")
     if method in ("tfixup", "deepnet"):
         return initialize(model, method, seed=seed)
     batches = TokenBatches(data.src["train"], data.tgt["train"], batch_size, shuffle=True,
@@ -63,6 +71,15 @@ def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimi
                   else dict(target="sgd", lr=lr))
         return initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **target)
     settings = dict(TRANSFORMER_RECIPE, steps=gradinit_steps, batching="split")
-    if method == "gradinit-sgd":
+    if method == "gradinit-sgd":   # here: gradinit-authors or gradinit-sgd
         settings.update(target="sgd", lr=lr, gamma=1.0, steps=gradinit_sgd_steps)
     return initialize(model, "gradinit-authors", data=batches, loss_fn=loss_fn, **settings)
+
+
+def report_summary(report: Any) -> dict[str, Any]:
+    """Plain values from a method's report: its kind, iterations (history length) and outcome."""
+    if report is None:
+        return {}
+    outcome = getattr(report, "outcome", None) or {}
+    return dict(kind=getattr(report, "kind", None), iterations=len(report.history),
+                outcome=json.loads(json.dumps(outcome, default=repr)))

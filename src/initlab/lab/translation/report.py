@@ -1,7 +1,8 @@
 """Tables and figures of a translation grid's stored cells.
 
 - `table.md`: settings x methods, entries 'final validation loss / test BLEU' (the mean over
-  seeds when there are several, then also a methods x seeds table), and the paper's claims;
+  seeds when there are several, then also a methods x seeds table), the paper's claims, and in
+  the Adam cells the default GradInit search against the authors' recipe (loss, iterations);
 - `heatmaps.png`: the same grid twice, coloured by final validation loss and by test BLEU;
 - `curves.png`: validation loss per update, one panel per optimizer setting, a line per method
   and seed.
@@ -150,6 +151,41 @@ def _holds(c: dict[str, Any], by: dict[tuple[str, str], list[dict]]) -> tuple[bo
     return False, f"{c['final_valid_loss']:.2f} vs warmup {ref['final_valid_loss']:.2f}"
 
 
+def format_searches(cells: list[dict]) -> str:
+    """Adam cells: the default GradInit search against the authors' recipe, by final validation
+    loss and search iterations. The default search's target: at least the authors' loss in
+    fewer iterations."""
+    by = _groups(cells)
+    lines = ["| cell | gradinit-authors: loss, iterations | gradinit: loss, iterations, stop "
+             "| target |", "|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c["lr"], c.get("seed", 0))):
+        if c["method"] != "gradinit" or c["optimizer"] != "adam":
+            continue
+        ref = next((r for r in by.get((_setting(c), "gradinit-authors"), [])
+                    if r.get("seed", 0) == c.get("seed", 0)), None)
+        ours, theirs = c.get("init_report") or {}, (ref or {}).get("init_report") or {}
+        stop = (ours.get("outcome") or {}).get("stop", "?")
+        row = f"| {_name(c)} | "
+        row += (f"{_loss(ref)}, {theirs.get('iterations', '?')}" if ref else "·") + " | "
+        row += f"{_loss(c)}, {ours.get('iterations', '?')}, {stop} | "
+        if ref is None or not ours.get("iterations") or not theirs.get("iterations"):
+            row += "· |"
+        else:
+            better = outcome(c) != "diverged" and (outcome(ref) == "diverged" or
+                                                  c["final_valid_loss"] <= ref["final_valid_loss"])
+            fewer = ours["iterations"] < theirs["iterations"]
+            row += ("holds" if better and fewer else "does not hold ("
+                    + ", ".join(w for w, bad in (("higher loss", not better),
+                                                 ("not fewer iterations", not fewer)) if bad)
+                    + ")") + " |"
+        lines.append(row)
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _loss(c: dict[str, Any]) -> str:
+    return "diverged" if c["diverged"] else f"{c['final_valid_loss']:.2f}"
+
+
 def plot_heatmaps(cells: list[dict], path: str | Path) -> None:
     """Methods x settings, twice: coloured by final validation loss (lower is better) and by
     test BLEU (higher is better); diverged cells grey, missing cells blank."""
@@ -235,6 +271,9 @@ def write_report(out: str | Path) -> str:
     if len({c.get("seed", 0) for c in cells}) > 1:
         parts.append(format_seeds(cells))
     parts.append(claims(cells))
+    searches = format_searches(cells)
+    if searches:
+        parts.append(searches)
     hours = sum(c["seconds"] + c["init_seconds"] for c in cells) / 3600
     cpu = sum(c.get("cpu_seconds", 0.0) for c in cells) / 3600
     parts.append(
