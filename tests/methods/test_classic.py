@@ -85,12 +85,87 @@ def test_refusals_leave_the_model_unchanged():
 
 
 @pytest.mark.parametrize("rule", ["kaiming", "xavier", "orthogonal"])
-def test_scale_multiplies_the_drawn_weights(rule):
+@pytest.mark.parametrize("scale", [0.5, 2.0, 3.0])
+def test_scale_multiplies_the_drawn_weights(rule, scale):
     plain, scaled = net(), net()
     initlab.initialize(plain, rule, seed=3)
-    initlab.initialize(scaled, rule, seed=3, scale=3.0)  # He x 3: the same draws, three times
+    initlab.initialize(scaled, rule, seed=3, scale=scale)  # He x 3: the same draws, three times
     for (name, p), (_, q) in zip(plain.named_parameters(), scaled.named_parameters()):
-        factor = 3.0 if name.endswith("weight") else 1.0
+        factor = scale if name.endswith("weight") else 1.0
         torch.testing.assert_close(q, p * factor, rtol=1e-6, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, math.nan, "2"])
+def test_scale_must_be_a_positive_finite_number(scale):
+    model = net()
+    before = snapshot(model)
     with pytest.raises(ValueError, match="scale must be a positive"):
-        initlab.initialize(net(), rule, scale=0.0)
+        initlab.initialize(model, "kaiming", scale=scale)
+    assert_same(model, before)
+
+
+# ---- every weight drawn exactly as the papers' rules say, drawn here by hand --------------------
+
+def made(*parts: str) -> str:
+    """A string built at run time, as a CLI or a config file gives it (not an interned literal:
+    settings must be compared by value)."""
+    return "".join(parts)
+
+
+def fans(layer):
+    """(fan_in, fan_out) from the layer's own sizes: in/out features times the kernel's area."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    area = math.prod(layer.kernel_size)
+    return layer.in_channels * area, layer.out_channels * area
+
+
+def hand_draws(model, seed, rule, gain, distribution, mode="fan_in"):
+    """He: std = gain / sqrt(fan); Glorot: std = gain * sqrt(2 / (fan_in + fan_out)); a uniform
+    draw has the same variance (bound sqrt(3) std). One seeded generator, layers in order."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for layer in (model[0], model[3], model[5]):
+        fan_in, fan_out = fans(layer)
+        if rule == "kaiming":
+            std = gain / math.sqrt(fan_in if mode == "fan_in" else fan_out)
+        else:
+            std = gain * math.sqrt(2 / (fan_in + fan_out))
+        w = torch.empty(layer.weight.shape)
+        if distribution == "normal":
+            out.append(w.normal_(0, std, generator=gen))
+        else:
+            out.append(w.uniform_(-math.sqrt(3) * std, math.sqrt(3) * std, generator=gen))
+    return out
+
+
+def mixed():
+    return nn.Sequential(nn.Conv2d(8, 32, 3), nn.Tanh(), nn.Flatten(), nn.Linear(32 * 4, 200),
+                         nn.ReLU(), nn.Linear(200, 10))
+
+
+LEAKY = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+LEAKY_GAIN = math.sqrt(2 / (1 + 0.2 ** 2))
+
+
+@pytest.mark.parametrize("rule,settings,model,gain,distribution,mode", [
+    ("kaiming", {}, lambda: net(LEAKY), LEAKY_GAIN, "normal", "fan_in"),
+    ("kaiming", dict(distribution=made("uni", "form"), mode=made("fan_", "out")),
+     lambda: net(nn.Tanh), 5 / 3, "uniform", "fan_out"),
+    ("kaiming", dict(nonlinearity=made("leaky", "_relu")), lambda: net(LEAKY), LEAKY_GAIN,
+     "normal", "fan_in"),                                   # the model's slope, named explicitly
+    ("kaiming", dict(nonlinearity=made("au", "to"), distribution=made("nor", "mal")),
+     lambda: net(nn.Tanh), 5 / 3, "normal", "fan_in"),
+    ("kaiming", {}, mixed, math.sqrt(2), "normal", "fan_in"),   # mixed activations: relu
+    ("xavier", {}, lambda: net(nn.ReLU), 1.0, "uniform", None),   # gain 1 (the paper)
+    ("xavier", dict(distribution=made("nor", "mal"), nonlinearity="auto"), lambda: net(LEAKY),
+     LEAKY_GAIN, "normal", None),
+    ("xavier", dict(nonlinearity="auto"), mixed, 1.0, "uniform", None),  # mixed: gain 1
+])
+def test_every_weight_is_the_papers_draw(rule, settings, model, gain, distribution, mode):
+    model = model()
+    initlab.initialize(model, rule, seed=7, bias=made("ze", "ro"), **settings)
+    want = hand_draws(model, 7, rule, gain, distribution, mode)
+    for layer, w in zip((model[0], model[3], model[5]), want):
+        torch.testing.assert_close(layer.weight.detach(), w, rtol=1e-6, atol=0)
+        assert torch.count_nonzero(layer.bias) == 0

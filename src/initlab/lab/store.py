@@ -13,10 +13,15 @@ from typing import Any, Callable
 
 
 def write_atomic(path: Path, save: Callable[[Path], Any]) -> None:
-    """`save(tmp)` then rename: a file is stored whole or not at all."""
+    """`save(tmp)` then rename: a file is stored whole or not at all. If `save` or the rename
+    fails (a full disk, an interrupt), the partial `tmp` is removed and the error raised."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save(tmp)
-    tmp.replace(path)
+    try:
+        save(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def claim(path: Path) -> bool:
