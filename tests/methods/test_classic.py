@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import initlab
+from initlab.methods.classic import ClassicConfig
 from helpers.methods import assert_same, snapshot
 
 
@@ -70,6 +71,12 @@ def test_seeded_and_leaves_other_modules():
         for p, q in zip(a.parameters(), b.parameters()):
             assert torch.equal(p, q)
     assert_same(a[1], bn)
+
+
+@pytest.mark.parametrize("name", ["swishy", "ReLU"])  # both sides of "auto" in string order
+def test_an_unknown_nonlinearity_is_refused_when_the_settings_are_built(name):
+    with pytest.raises(ValueError, match="nonlinearity"):
+        ClassicConfig(nonlinearity=name).validate()
 
 
 def test_refusals_leave_the_model_unchanged():

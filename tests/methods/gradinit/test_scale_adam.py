@@ -124,13 +124,16 @@ def same_moments(opt, st):
 FLOORS, CAPS = [0.01, 0.0, 0.7, 0.01, 0.01], [math.inf, math.inf, math.inf, 1.25, 2.0]
 
 
-@pytest.mark.parametrize("clip", [1.0, None, 0.0])
-def test_scale_adam_is_the_authors_rescale_adam_scalar_by_scalar(clip):
+@pytest.mark.parametrize("clip,betas", [(1.0, (0.9, 0.999)), (None, (0.9, 0.999)),
+                                        (0.0, (0.9, 0.999)), (1.0, (0.5, 0.3))])
+def test_scale_adam_is_the_authors_rescale_adam_scalar_by_scalar(clip, betas):
+    # beta2 = 0.3: 1 - b2 and 1 % b2 agree only for b2 > 0.5
     events = events_for(5, seed=1)
-    opt = ScaleAdam(5, 0.3, torch.tensor(FLOORS, **F64), torch.tensor(CAPS, **F64), clip=clip)
+    opt = ScaleAdam(5, 0.3, torch.tensor(FLOORS, **F64), torch.tensor(CAPS, **F64), clip=clip,
+                    betas=betas)
     seen = []
     for (grad, active, constraint, new_lr), (want, st) in zip(
-            events, hand_adam(events, 5, 0.3, FLOORS, CAPS, clip, log_scale=False)):
+            events, hand_adam(events, 5, 0.3, FLOORS, CAPS, clip, log_scale=False, betas=betas)):
         opt.lr = new_lr or opt.lr
         opt.step(torch.tensor(grad, **F64), torch.tensor(active), constraint)
         torch.testing.assert_close(opt.alpha, torch.tensor(want, **F64), rtol=1e-12, atol=1e-15)
@@ -151,16 +154,17 @@ def test_scale_adam_state_dict_is_a_copy_of_every_field():
     assert opt.alpha.tolist() != [0.0, 0.0]
 
 
-def test_log_scale_adam_is_adam_on_log_scales_scalar_by_scalar():
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.3)])
+def test_log_scale_adam_is_adam_on_log_scales_scalar_by_scalar(betas):
     events = events_for(5, seed=2)
     start = [1.0, 0.5, 0.8, 1.1, 3.0]  # the last above its cap: clamped at the start
     opt = LogScaleAdam(torch.tensor(start, **F64), 0.3, torch.tensor(FLOORS, **F64),
-                       torch.tensor(CAPS, **F64))
+                       torch.tensor(CAPS, **F64), betas=betas)
     assert opt.alpha[4].item() == pytest.approx(2.0)
     seen = []
     for (grad, active, constraint, new_lr), (want, st) in zip(
             events, hand_adam(events, 5, 0.3, FLOORS, CAPS, None, log_scale=True,
-                              start=[1.0, 0.5, 0.8, 1.1, 2.0])):
+                              start=[1.0, 0.5, 0.8, 1.1, 2.0], betas=betas)):
         opt.lr = new_lr or opt.lr
         opt.step(torch.tensor(grad, **F64), torch.tensor(active), constraint)
         torch.testing.assert_close(opt.alpha, torch.tensor(want, **F64), rtol=1e-12, atol=0)
