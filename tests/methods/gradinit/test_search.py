@@ -20,6 +20,12 @@ def mlp64() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)).double()
 
 
+def made(text: str) -> str:
+    """`text` built at run time, as a CLI or a config file gives it (not an interned literal:
+    settings must be compared by value, not identity)."""
+    return "".join(list(text))
+
+
 def pair(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g)
@@ -58,7 +64,8 @@ def test_objective_gradient_matches_finite_differences(target, normalize, second
     names, w0 = [s.name for s in specs], [s.param.detach() for s in specs]
     S, S_tilde = pair(seed=1), pair(seed=2)
     lr = 0.3 if target == "sgd" else 0.01
-    cfg = GradInitConfig(target=target, lr=lr, normalize_grad=normalize, second_order=second_order)
+    cfg = GradInitConfig(target=made(target), lr=lr, normalize_grad=normalize,
+                         second_order=second_order)
     search = GradInitSearch(model, specs, default_loss, cfg)
     alpha = torch.tensor([0.8, 1.3, 0.6, 1.1], dtype=torch.float64)
     first = search.first_pass(alpha, S, graph=second_order)
@@ -92,7 +99,7 @@ def test_constraint_gradient_matches_finite_differences(target):
     specs = trainable_params(model)
     names, w0 = [s.name for s in specs], [s.param.detach() for s in specs]
     S = pair(seed=3)
-    search = GradInitSearch(model, specs, default_loss, GradInitConfig(target=target))
+    search = GradInitSearch(model, specs, default_loss, GradInitConfig(target=made(target)))
     alpha = torch.tensor([1.2, 0.7, 0.9, 1.4], dtype=torch.float64)
     got = search.constraint_grad(search.first_pass(alpha, S, graph=True))
 
@@ -106,6 +113,16 @@ def test_constraint_gradient_matches_finite_differences(target):
     fd = torch.stack([(N(alpha + h * e) - N(alpha - h * e)) / (2 * h)
                       for e in torch.eye(len(alpha), dtype=torch.float64)])
     torch.testing.assert_close(got, fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("target,want", [("sgd", 30 ** 0.5), ("adam", 10.0)])
+@pytest.mark.parametrize("graph", [False, True])
+def test_gradient_norm_is_l2_for_sgd_and_l1_for_adam(target, want, graph):
+    model = mlp64()
+    search = GradInitSearch(model, trainable_params(model), default_loss,
+                            GradInitConfig(target=made(target)))
+    gs = [torch.tensor([3.0, -4.0], dtype=torch.float64), torch.tensor([[1.0, -2.0]])]
+    assert search.norm(gs, graph).item() == pytest.approx(want, rel=1e-12)
 
 
 # ---- whole searches against the reference implementation --------------------------------------
