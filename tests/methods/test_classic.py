@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import initlab
-from initlab.methods.classic import ClassicConfig
 from helpers.methods import assert_same, snapshot
+from initlab.methods.classic import ClassicConfig
 
 
 def net(act=nn.ReLU):

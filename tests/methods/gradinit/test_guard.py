@@ -82,7 +82,9 @@ def test_a_bad_search_falls_back_to_the_start_bitwise():
     batches = data(3)
     report = initlab.gradinit(model, batches, loss_fn=adversarial(batches[0]), steps=20,
                               warm_start=False)
-    assert report.outcome["guard"]["fell_back_to"] == "start"
+    guard = report.outcome["guard"]
+    assert guard["fell_back_to"] == "start"
+    assert guard["searched"] > guard["start"] == guard["returned"]  # what it rejected, and why
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -95,7 +97,7 @@ def test_a_bad_search_falls_back_to_the_warm_start(caplog):
     batches = data(4)
     report = initlab.gradinit(model, batches, loss_fn=adversarial(batches[0]), steps=20)
     assert report.outcome["guard"]["fell_back_to"] == "warm start"
-    assert "returning the warm start" in caplog.text
+    assert "returning the warm start" in caplog.text and "pass guard=False" in caplog.text
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, warm.state_dict()[k], rtol=1e-12, atol=0)
 

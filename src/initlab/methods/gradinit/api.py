@@ -122,9 +122,12 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
                         "from every result; that learning rate is too large for this model",
                         cfg.lr)
         elif outcome["guard"]["fell_back_to"] and search.is_main:
+            g = outcome["guard"]
             log.warning("gradinit: one step from the searched scales did worse on a held-out "
-                        "batch than from the start; returning the %s instead",
-                        outcome["guard"]["fell_back_to"])
+                        "batch than from the start (loss %.4g against %.4g); returning the %s "
+                        "instead. If the start does not train (a loss at chance that one step "
+                        "does not move), pass guard=False", g["searched"], g["start"],
+                        g["fell_back_to"])
     return found, history, outcome
 
 

@@ -62,7 +62,8 @@ def guarded(search: GradInitSearch, H: Any, found: torch.Tensor,
     `fallbacks` ((name, alpha), e.g. the warm start) that is, else the start itself.
     Returns (alpha, record)."""
     start = one_step_loss(search, torch.ones_like(found), H)
-    record: dict[str, Any] = dict(start=start, returned=one_step_loss(search, found, H),
+    searched = one_step_loss(search, found, H)
+    record: dict[str, Any] = dict(start=start, searched=searched, returned=searched,
                                   fell_back_to=None)
     if record["returned"] <= start:
         return found, record
