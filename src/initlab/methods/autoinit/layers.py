@@ -244,23 +244,31 @@ def _param_name(a: fx.Node) -> str:
     return str(a.target).rpartition(".")[0] or str(a.target)
 
 
-def linear_function(ctx: MapContext) -> object:
-    """F.linear / aten.linear(x, weight, bias) with the weight a parameter."""
+def _weight_and_bias(ctx: MapContext) -> Optional[tuple[fx.Node, torch.Tensor, Optional[torch.Tensor]]]:
+    """(weight node, weight, bias) of a functional linear/conv call on the signal whose weight is
+    a parameter; None otherwise."""
     w_node = ctx.raw_arg(1, "weight")
     weight = _param(ctx, w_node)
     if weight is None or not ctx.is_signal(ctx.raw_args[0]):
+        return None
+    return w_node, weight, _param(ctx, ctx.raw_arg(2, "bias"))
+
+
+def linear_function(ctx: MapContext) -> object:
+    """F.linear / aten.linear(x, weight, bias) with the weight a parameter."""
+    found = _weight_and_bias(ctx)
+    if found is None:
         return NotImplemented
-    bias = _param(ctx, ctx.raw_arg(2, "bias"))
+    w_node, weight, bias = found
     return weighted(ctx, _param_name(w_node), weight, bias, ctx.args[0])
 
 
 def conv_function(ctx: MapContext) -> object:
     """F.conv*d / aten.conv*d(x, weight, bias, stride, padding, dilation, groups)."""
-    w_node = ctx.raw_arg(1, "weight")
-    weight = _param(ctx, w_node)
-    if weight is None or not ctx.is_signal(ctx.raw_args[0]):
+    found = _weight_and_bias(ctx)
+    if found is None:
         return NotImplemented
-    bias = _param(ctx, ctx.raw_arg(2, "bias"))
+    w_node, weight, bias = found
     conv = ConvCall.functional(weight, ctx.value(ctx.raw_arg(3, "stride", 1)),
                                ctx.value(ctx.raw_arg(4, "padding", 0)),
                                ctx.value(ctx.raw_arg(5, "dilation", 1)),
