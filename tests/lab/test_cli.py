@@ -38,6 +38,10 @@ def test_compare_writes_json_and_plot(tmp_path, capsys):
     run = results["methods"]["kaiming+gradinit"]["runs"][0]
     assert run["settings"]["gradinit"]["steps"] == 4 and run["settings"]["gradinit"]["lr"] == 0.1
     assert run["init_seconds"] > 0
+    outcome = run["init_outcome"]["gradinit"]     # the default search's report reaches the run
+    assert outcome["search"] == "default" and outcome["iterations"] <= 4
+    assert set(outcome["guard"]) >= {"start", "searched", "returned", "fell_back_to"}
+    assert results["methods"]["default"]["runs"][0]["init_outcome"] == {}
     assert (out / "accuracy.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "kaiming+gradinit" in printed and "results.json" in printed

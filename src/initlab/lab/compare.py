@@ -118,10 +118,12 @@ def check_methods(spec: str) -> list[str]:
 
 
 def init_model(model: torch.nn.Module, spec: str, init_batches: Batches | dict[str, Batches],
-               settings: dict[str, dict[str, Any]]) -> float:
+               settings: dict[str, dict[str, Any]],
+               outcomes: dict[str, Any] | None = None) -> float:
     """Initialize `model` in place with `spec` ("gradinit", "kaiming+gradinit", ...);
     `settings` maps each method name to its keyword settings, `init_batches` is one set of
-    batches or one per method name. Returns the seconds it took."""
+    batches or one per method name. Returns the seconds it took. `outcomes`, if given, receives
+    each method's report `outcome` (GradInit: why its search stopped, the guard's losses)."""
     device = next(model.parameters()).device
     _sync(device)
     start = time.perf_counter()
@@ -130,7 +132,9 @@ def init_model(model: torch.nn.Module, spec: str, init_batches: Batches | dict[s
         takes_data = info.needs_data or "example_input" in inspect.signature(info.fn).parameters
         data = init_batches[name] if isinstance(init_batches, dict) else init_batches
         kwargs = {k: v for k, v in settings.get(name, {}).items() if k != "batch_fraction"}
-        initialize(model, name, data=data if takes_data else None, **kwargs)
+        report = initialize(model, name, data=data if takes_data else None, **kwargs)
+        if outcomes is not None and getattr(report, "outcome", None):
+            outcomes[name] = report.outcome
     _sync(device)
     return time.perf_counter() - start
 
@@ -164,7 +168,8 @@ def run_one(cfg: CompareConfig, data: Dataset, name: str, seed: int) -> dict[str
         data.x_train, data.y_train, max(1, round(cfg.batch_size * s["batch_fraction"])),
         shuffle=True, seed=1000 * seed + 500, drop_last=True, device=device,
         augment=augment(1000 * seed + 501))) for part, s in settings.items()}
-    init_seconds = init_model(model, name, init_batches, settings)
+    outcomes: dict[str, Any] = {}
+    init_seconds = init_model(model, name, init_batches, settings, outcomes)
     torch.manual_seed(seed)
     result = train(distributed.wrap(model), train_batches, test_batches, cfg.train,
                    desc=f"{name} seed {seed}")
@@ -176,7 +181,7 @@ def run_one(cfg: CompareConfig, data: Dataset, name: str, seed: int) -> dict[str
              init_seconds, result.seconds)
     init_steps = None if not result.step_seconds else init_seconds / result.step_seconds
     return dict(method=name, seed=seed, init_seconds=init_seconds, init_steps=init_steps,
-                settings=settings, error=None, **result.to_dict())
+                settings=settings, init_outcome=outcomes, error=None, **result.to_dict())
 
 
 def table_settings(cfg: CompareConfig) -> dict[str, Any]:
