@@ -40,7 +40,7 @@ from . import distributed
 from .data import Augment, Batches, Dataset, load_dataset
 from .models import authors_init, build_model, count_params
 from .recipes import recipe as find_recipe
-from .store import claim, write_atomic
+from .store import claim, plain_outcome, write_atomic
 from .tables import format_table, plot_curves, summarize_table
 from .train import TrainConfig, describe_groups, param_groups, train
 
@@ -133,8 +133,8 @@ def init_model(model: torch.nn.Module, spec: str, init_batches: Batches | dict[s
         data = init_batches[name] if isinstance(init_batches, dict) else init_batches
         kwargs = {k: v for k, v in settings.get(name, {}).items() if k != "batch_fraction"}
         report = initialize(model, name, data=data if takes_data else None, **kwargs)
-        if outcomes is not None and getattr(report, "outcome", None):
-            outcomes[name] = report.outcome
+        if outcomes is not None and (outcome := plain_outcome(report)):
+            outcomes[name] = outcome
     _sync(device)
     return time.perf_counter() - start
 

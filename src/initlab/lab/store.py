@@ -7,9 +7,17 @@ process is gone is taken over, so a killed worker's run is redone by the next on
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
+
+
+def plain_outcome(report: Any) -> dict[str, Any]:
+    """A method report's `outcome` (GradInit: why the search stopped, the guard's losses) as
+    JSON-safe values, ready to store with a run; {} for a report without one."""
+    outcome = getattr(report, "outcome", None) or {}
+    return json.loads(json.dumps(outcome, default=repr))
 
 
 def write_atomic(path: Path, save: Callable[[Path], Any]) -> None:

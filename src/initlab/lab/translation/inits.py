@@ -19,7 +19,6 @@ and how the search ended).
 """
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any, Optional
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from ...methods.gradinit import TRANSFORMER_RECIPE
 from ...registry import initialize
+from ..store import plain_outcome
 from .data import TokenBatches, TranslationData
 from .training import seq2seq_loss
 
@@ -80,6 +80,5 @@ def report_summary(report: Any) -> dict[str, Any]:
     """Plain values from a method's report: its kind, iterations (history length) and outcome."""
     if report is None:
         return {}
-    outcome = getattr(report, "outcome", None) or {}
     return dict(kind=getattr(report, "kind", None), iterations=len(report.history),
-                outcome=json.loads(json.dumps(outcome, default=repr)))
+                outcome=plain_outcome(report))
