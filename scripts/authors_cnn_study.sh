@@ -12,6 +12,7 @@ COMMON=(--recipe authors-cnn --data fashion-mnist --subset 20000 --test-subset 5
         --seeds 3)
 CORE=default,default+gradinit-authors,kaiming,torch-default,metainit
 WAITS=default+gradinit,torch-default+gradinit      # the library's default search
+WARM=torch-default+gradinit-warmstart               # its warm start alone
 FAMILY=xavier,orthogonal,zero,lsuv,emergence
 VGG=(--model cifar-vgg --depth 19 --width 16)
 RESNET=(--model resnet --depth 32 --width 16)
@@ -24,8 +25,9 @@ for stage in ${STAGES:-vgg-nobn resnet-nobn vgg-bn resnet-bn vgg-nobn-gradinit \
     resnet-nobn)          run "${RESNET[@]}" --no-bn --methods $CORE --out $OUT/resnet32-nobn "${@}" ;;
     vgg-bn)               run "${VGG[@]}" --bn --methods $CORE --out $OUT/vgg19-bn "${@}" ;;
     resnet-bn)            run "${RESNET[@]}" --bn --methods $CORE --out $OUT/resnet32-bn "${@}" ;;
-    vgg-nobn-gradinit)    run "${VGG[@]}" --no-bn --methods $WAITS --out $OUT/vgg19-nobn "${@}" ;;
-    resnet-nobn-gradinit) run "${RESNET[@]}" --no-bn --methods $WAITS --out $OUT/resnet32-nobn "${@}" ;;
+    vgg-nobn-gradinit)    run "${VGG[@]}" --no-bn --methods $WAITS,$WARM --out $OUT/vgg19-nobn "${@}" ;;
+    resnet-nobn-gradinit) run "${RESNET[@]}" --no-bn --methods $WAITS,$WARM \
+                              --out $OUT/resnet32-nobn "${@}" ;;
     vgg-bn-gradinit)      run "${VGG[@]}" --bn --methods $WAITS --out $OUT/vgg19-bn "${@}" ;;
     resnet-bn-gradinit)   run "${RESNET[@]}" --bn --methods $WAITS --out $OUT/resnet32-bn "${@}" ;;
     vgg-family)           run "${VGG[@]}" --no-bn --methods $FAMILY --out $OUT/vgg19-nobn "${@}" ;;
