@@ -40,7 +40,8 @@ def test_summary_target_is_90_percent_of_the_tables_best():
     assert base["first_epoch_acc"]["mean"] == pytest.approx(0.25)
     assert table["broken"]["error"] and table["broken"]["summary"]["runs"] == 0
     text = format_table(results)
-    assert "35 ± 0 (1/2)" in text and "(error)" in text
+    assert "35 (1/2)" in text and "(error)" in text       # one run: its value, no spread
+    assert "25.00 ± " in text                               # two runs: mean ± std
     assert "| base |" in format_table(results, markdown=True)
 
 

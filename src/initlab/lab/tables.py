@@ -107,7 +107,11 @@ def claim(results: dict[str, Any], method: str, baseline: str) -> dict[str, Any]
 
 
 def _pct(s: dict[str, float] | None) -> str:
-    return "-" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    if s is None:
+        return "-"
+    if s.get("n") == 1:                     # one run has no spread to show
+        return f"{100 * s['mean']:.2f}"
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
 
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
@@ -124,8 +128,9 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
             f"{s['diverged']}/{s['runs']}" + (" (error)" if entry["error"] else ""),
             "-" if init is None else f"{init['mean']:.1f}",
             "-" if init_steps is None else f"{init_steps['mean']:.0f}",
-            "-" if reach is None else f"{reach['mean']:.0f} ± {reach['std']:.0f} "
-                                      f"({s['reached']}/{s['runs']})"])
+            "-" if reach is None else (f"{reach['mean']:.0f}" if reach.get("n") == 1 else
+                                       f"{reach['mean']:.0f} ± {reach['std']:.0f}")
+                                      + f" ({s['reached']}/{s['runs']})"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
