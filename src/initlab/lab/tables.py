@@ -106,12 +106,14 @@ def claim(results: dict[str, Any], method: str, baseline: str) -> dict[str, Any]
             "seeds": (len(_per_seed(m, "final_acc")), len(_per_seed(b, "final_acc")))}
 
 
+def _format_stat(s: dict[str, float], scale: float = 1.0, digits: int = 0) -> str:
+    """'mean ± std', or the mean alone for one run (no spread to show)."""
+    mean = f"{scale * s['mean']:.{digits}f}"
+    return mean if s.get("n") == 1 else f"{mean} ± {scale * s['std']:.{digits}f}"
+
+
 def _pct(s: dict[str, float] | None) -> str:
-    if s is None:
-        return "-"
-    if s.get("n") == 1:                     # one run has no spread to show
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    return "-" if s is None else _format_stat(s, 100, 2)
 
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
@@ -128,9 +130,7 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
             f"{s['diverged']}/{s['runs']}" + (" (error)" if entry["error"] else ""),
             "-" if init is None else f"{init['mean']:.1f}",
             "-" if init_steps is None else f"{init_steps['mean']:.0f}",
-            "-" if reach is None else (f"{reach['mean']:.0f}" if reach.get("n") == 1 else
-                                       f"{reach['mean']:.0f} ± {reach['std']:.0f}")
-                                      + f" ({s['reached']}/{s['runs']})"])
+            "-" if reach is None else f"{_format_stat(reach)} ({s['reached']}/{s['runs']})"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
