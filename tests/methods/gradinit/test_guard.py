@@ -109,3 +109,62 @@ def test_guard_off_returns_the_search_as_found():
                               warm_start=False, guard=False)
     assert "guard" not in report.outcome
     assert max(report.scales.values()) > 2 or min(report.scales.values()) < 0.5
+
+
+def test_the_bar_is_the_start_unless_one_step_does_not_move_it():
+    from initlab.methods.gradinit.guard import STALLED, bar
+    assert bar(2.5, 2.3) == (2.3, False)                         # the step moves it: no slack
+    limit, stalled = bar(2.3026, 2.3027)                         # at chance, one step: +1e-4
+    assert stalled and limit == pytest.approx(2.3027 + STALLED * 2.3026)
+    assert bar(-4.0, -4.001) == (-4.001 + STALLED * 4.0, True)   # a loss below zero: |L|
+    assert bar(2.0, float("inf")) == (float("inf"), False)
+
+
+@pytest.mark.parametrize("searched,stalled_start,expected", [
+    (2.3040, True, None),            # a live result that lost by round-off to a dead start
+    (2.3100, True, "warm start"),    # more than 0.1 % above it: refused even so
+    (2.3040, False, "warm start"),   # against a start that one step moves: no slack
+])
+def test_a_stalled_start_lets_a_result_within_the_bar_through(monkeypatch, searched,
+                                                              stalled_start, expected):
+    from initlab.methods.gradinit import guard
+    found, warm = torch.tensor([2.0, 0.5]), torch.tensor([1.5, 1.5])
+    start = (2.3026, 2.3027) if stalled_start else (2.3500, 2.3027)
+    losses = {id(found): (9.0, searched), id(warm): (9.0, 2.3020)}
+    monkeypatch.setattr(guard, "one_step_loss",
+                        lambda search, alpha, H: losses.get(id(alpha), start))
+    alpha, record = guard.guarded(None, None, found, [("warm start", warm)])
+    assert record["fell_back_to"] == expected and record["stalled"] == stalled_start
+    assert alpha is (found if expected is None else warm)
+
+
+def dead_deep_mlp():
+    """Every weight 0.05 of PyTorch's, no biases: the output is ~0, the loss ln 4 on balanced
+    labels, and one step at lr 0.1 moves it by far less than 0.1 %."""
+    layers = []
+    for i in range(8):
+        layers += [nn.Linear(10 if i == 0 else 16, 16, bias=False), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(16, 4, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.05)
+    return model
+
+
+def test_from_a_stalled_start_the_returned_loss_stays_within_the_bar():
+    torch.manual_seed(5)
+    model = dead_deep_mlp()
+    start = copy.deepcopy(model)
+    batches = data(5)
+    H = (batches[0][0], torch.arange(16) % 4)   # balanced labels: the start's gradient ~ 0
+    batches[0] = H
+    x, y = H
+    loss0 = F.cross_entropy(start(x), y).item()
+    assert abs(one_step_loss(start, H, "sgd", 0.1) - loss0) < 1e-6   # stalled, independently
+    report = initlab.gradinit(model, batches, lr=0.1, steps=30, patience=5)
+    guard = report.outcome["guard"]
+    assert guard["stalled"] is True
+    bound = one_step_loss(start, H, "sgd", 0.1) + 1e-3 * loss0
+    assert one_step_loss(model, H, "sgd", 0.1) <= bound
+    assert guard["fell_back_to"] != "start"   # the search's result or the warm start: alive
+    assert F.cross_entropy(model(x), y).item() != pytest.approx(loss0, abs=1e-4)

@@ -47,7 +47,7 @@ from ...registry import register
 from .batches import GradInitBatches
 from .config import GradInitConfig
 from .default_search import OneBatchEach, run_default
-from .guard import guarded
+from .guard import STALLED, guarded
 from .iteration import run_faithful
 from .scale_adam import LogScaleAdam, ScaleAdam, caps_and_floors
 from .search import GradInitSearch
@@ -125,9 +125,12 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
             g = outcome["guard"]
             log.warning("gradinit: one step from the searched scales did worse on a held-out "
                         "batch than from the start (loss %.4g against %.4g); returning the %s "
-                        "instead. If the start does not train (a loss at chance that one step "
-                        "does not move), pass guard=False", g["searched"], g["start"],
-                        g["fell_back_to"])
+                        "instead (pass guard=False to keep the search's result)", g["searched"],
+                        g["start"], g["fell_back_to"])
+        elif outcome["guard"]["stalled"] and search.is_main:
+            log.info("gradinit: one step does not move the start's loss (%.4g); the guard "
+                     "accepts a result up to %g %% above it", outcome["guard"]["start"],
+                     100 * STALLED)
     return found, history, outcome
 
 

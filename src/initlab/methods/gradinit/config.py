@@ -50,7 +50,8 @@ class GradInitConfig:
     warm_start: bool = True        # default search: each layer's scale from one forward pass first
     patience: int = 10             # default search: iterations per window of the stopping rule
     guard: bool = True             # default search: never return scales that do worse than the
-    #                                start after one step of the target optimizer (held-out batch)
+    #                                start after one step of the target optimizer (held-out batch;
+    #                                0.1 % slack against a start that one step does not move)
 
     def resolved(self) -> "GradInitConfig":
         """A copy with every `None` default filled in for the chosen algorithm (self if none)."""

@@ -14,8 +14,8 @@ N(g) <= gamma, p = alpha * w), found differently:
    ("budget", with a warning that it had not converged) or, when the last window took only
    constraint steps, "constraint never met";
 4. the guard (`guard.py`): the result is returned only if, on a held-out batch, one step of the
-   target optimizer from it does no worse than from the start; else the warm start, else the
-   start.
+   target optimizer from it does no worse than from the start (up to 0.1 % worse against a
+   start that one step does not move); else the warm start, else the start.
 
 Batches: H = the first batch drawn (held out for the guard), then one batch per iteration:
 S = B_t and S~ = B_{t+1}, which is the next iteration's S. So S is one of the user's own
