@@ -9,8 +9,8 @@ from initlab.methods.gradinit import TRANSFORMER_RECIPE
 def test_which_cells_run_which_methods():
     assert inits.runs_in("gradinit-authors", "adam") and not inits.runs_in("gradinit-authors", "sgd")
     assert inits.runs_in("gradinit-sgd", "sgd") and not inits.runs_in("gradinit-sgd", "adam")
-    assert all(inits.runs_in(m, o) for m in ("default", "warmup", "gradinit", "tfixup", "admin",
-                                             "deepnet") for o in ("adam", "sgd"))
+    assert all(inits.runs_in(m, o) for m in ("default", "warmup", "gradinit", "gradinit-warmstart",
+                                             "tfixup", "admin", "deepnet") for o in ("adam", "sgd"))
     assert "gradinit-sgd" not in inits.DEFAULT_METHODS
 
 
@@ -23,6 +23,7 @@ def test_cache_keys():
     assert key("gradinit", "sgd", 0.15, seed=1) == "gradinit-sgd-lr0.15-seed1"
     assert key("gradinit-sgd", "sgd", 0.15) == "gradinit-sgd-lr0.15-s200"
     assert key("admin", seed=2) == "admin-seed2"
+    assert key("gradinit-warmstart", "sgd", 0.15) == key("gradinit-warmstart") == "gradinit-warmstart"
 
 
 @pytest.mark.parametrize("method,optimizer,expected", [
@@ -32,6 +33,7 @@ def test_cache_keys():
     ("gradinit-sgd", "sgd", dict(TRANSFORMER_RECIPE, steps=5, batching="split", target="sgd",
                                  lr=2e-3, gamma=1.0)),
     ("admin", "sgd", {}),
+    ("gradinit-warmstart", "adam", {}),
 ])
 def test_what_reaches_the_registry(monkeypatch, method, optimizer, expected):
     calls = []

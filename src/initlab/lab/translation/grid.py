@@ -3,8 +3,9 @@
 A Post-LN encoder-decoder Transformer trained for a fixed number of updates, without warmup,
 over a grid of optimizer settings (Adam over learning rates; SGD over learning rates x
 momenta), after each initialization method (`inits.py`: default, warmup, gradinit-authors,
-gradinit, tfixup, admin, deepnet), under a training protocol from `initlab.lab.recipes`
-(`recipe.py`: `lab-mt`, the default, or `authors-mt`), for one or more seeds.
+gradinit, gradinit-warmstart, tfixup, admin, deepnet), under a training protocol from
+`initlab.lab.recipes` (`recipe.py`: `lab-mt`, the default, or `authors-mt`), for one or more
+seeds.
 
 Every finished cell is stored as its own JSON under `<out>/cells/`, and initialized weights
 under `<out>/inits/`, so an interrupted grid resumes where it stopped; several processes on one

@@ -30,8 +30,8 @@ from ..store import plain_outcome
 from .data import TokenBatches, TranslationData
 from .training import seq2seq_loss
 
-METHODS = ("default", "warmup", "gradinit-authors", "gradinit", "tfixup", "admin", "deepnet",
-           "gradinit-sgd")
+METHODS = ("default", "warmup", "gradinit-authors", "gradinit", "gradinit-warmstart", "tfixup",
+           "admin", "deepnet", "gradinit-sgd")
 DEFAULT_METHODS = METHODS[:-1]
 ADAM_ONLY, SGD_ONLY = ("gradinit-authors",), ("gradinit-sgd",)
 
@@ -45,7 +45,7 @@ def init_key(method: str, optimizer: str, lr: float, seed: int, *, gradinit_step
     """The name of the cached initialization a cell needs (None for `default` and `warmup`)."""
     key = {"default": None, "warmup": None, "tfixup": "tfixup", "admin": "admin",
            "deepnet": "deepnet", "gradinit-authors": f"gradinit-authors-s{gradinit_steps}",
-           "gradinit": f"gradinit-{optimizer}-lr{lr:g}",
+           "gradinit": f"gradinit-{optimizer}-lr{lr:g}", "gradinit-warmstart": "gradinit-warmstart",
            "gradinit-sgd": f"gradinit-sgd-lr{lr:g}-s{gradinit_sgd_steps}"}[method]
     return None if key is None else key + (f"-seed{seed}" if seed else "")
 
@@ -64,8 +64,8 @@ def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimi
     batches = TokenBatches(data.src["train"], data.tgt["train"], batch_size, shuffle=True,
                            seed=seed + 7919, device=device)
     loss_fn = partial(seq2seq_loss, label_smoothing=label_smoothing)
-    if method == "admin":
-        return initialize(model, "admin", data=batches, loss_fn=loss_fn)
+    if method in ("admin", "gradinit-warmstart"):
+        return initialize(model, method, data=batches, loss_fn=loss_fn)
     if method == "gradinit":
         target = (dict(target="adam", lr=lr, betas=(0.9, 0.98)) if optimizer == "adam"
                   else dict(target="sgd", lr=lr))
