@@ -110,3 +110,18 @@ def test_translate_grid_runs_resumes_and_reports(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert report.stdout == done.stdout
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+
+
+@pytest.mark.parametrize("args,fix", [
+    (["--methods", "default,nope"], "--methods: unknown nope; choose from default, warmup"),
+    (["--set", "admin.omega=2"], "--set admin.omega: the grid takes settings of gradinit"),
+    (["--set", "gradinit.target=sgd"], "--set gradinit.target: the grid sets it itself"),
+    (["--set", "gradinit.scale_lr=0"], "--set gradinit: scale_lr must be a positive"),
+])
+def test_bad_grid_arguments_stop_before_any_work(tmp_path, monkeypatch, capsys, args, fix):
+    monkeypatch.setattr(translation_grid, "load_translation_data",
+                        lambda *a, **k: pytest.fail("data loaded before the arguments were checked"))
+    code = cli.main(["translate-grid", "--out", str(tmp_path / "grid"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"initlab translate-grid: error: {fix}")
+    assert err.count("\n") == 1 and not (tmp_path / "grid").exists()

@@ -192,3 +192,24 @@ def test_a_cell_whose_write_fails_is_not_stored_half(grid, tmp_path, monkeypatch
     done = translation_grid.run_grid(grid.cfg, tmp_path)
     assert grid.runs == ["adam-lr0.001-default", "adam-lr0.001-warmup", "adam-lr0.001-warmup"]
     assert [c["method"] for c in done] == ["default", "warmup"]
+
+
+def test_a_grid_with_other_gradinit_settings_needs_its_own_folder(grid, tmp_path):
+    grid.cfg.methods, grid.cfg.sgd_lrs = ["default"], []
+    translation_grid.run_grid(grid.cfg, tmp_path)
+    grid.cfg.gradinit_settings = {"warm_start": False}
+    with pytest.raises(ValueError, match="give another --out"):
+        translation_grid.run_grid(grid.cfg, tmp_path)
+    assert grid.runs == ["adam-lr0.001-default"]          # nothing ran under the other settings
+    translation_grid.run_grid(grid.cfg, tmp_path / "other")
+    assert json.loads((tmp_path / "other" / "grid.json").read_text())["gradinit_settings"] == {
+        "warm_start": False}
+
+
+@pytest.mark.parametrize("settings,match", [({"lr": 0.1}, "sets it itself"),
+                                            ({"scale_lrr": 0.1}, "did you mean 'scale_lr'"),
+                                            ({"scale_lr": -1.0}, "positive")])
+def test_gradinit_settings_the_grid_refuses(settings, match):
+    cfg = translation_grid.GridConfig(gradinit_settings=settings)
+    with pytest.raises((TypeError, ValueError), match=match):
+        cfg.validate()

@@ -24,10 +24,16 @@ def test_cache_keys():
     assert key("gradinit-sgd", "sgd", 0.15) == "gradinit-sgd-lr0.15-s200"
     assert key("admin", seed=2) == "admin-seed2"
     assert key("gradinit-warmstart", "sgd", 0.15) == key("gradinit-warmstart") == "gradinit-warmstart"
+    given = dict(warm_start=False, scale_lr=0.01)   # named in the key, sorted
+    assert inits.init_key("gradinit", "adam", 1e-3, 1, gradinit_steps=780, gradinit_sgd_steps=200,
+                          gradinit_settings=given) == (
+        "gradinit-adam-lr0.001-scale_lr=0.01-warm_start=False-seed1")
+    assert inits.init_key("admin", "adam", 1e-3, 0, gradinit_steps=780, gradinit_sgd_steps=200,
+                          gradinit_settings=given) == "admin"
 
 
 @pytest.mark.parametrize("method,optimizer,expected", [
-    ("gradinit", "adam", dict(target="adam", lr=2e-3, betas=(0.9, 0.98))),
+    ("gradinit", "adam", dict(target="adam", lr=2e-3, betas=(0.9, 0.98), warm_start=False)),
     ("gradinit", "sgd", dict(target="sgd", lr=2e-3)),
     ("gradinit-authors", "adam", dict(TRANSFORMER_RECIPE, steps=7, batching="split")),
     ("gradinit-sgd", "sgd", dict(TRANSFORMER_RECIPE, steps=5, batching="split", target="sgd",
@@ -40,7 +46,8 @@ def test_what_reaches_the_registry(monkeypatch, method, optimizer, expected):
     monkeypatch.setattr(inits, "initialize", lambda model, name, **kw: calls.append((name, kw)))
     data = type("D", (), {"src": {"train": ["x"]}, "tgt": {"train": ["y"]}})()
     inits.apply_method("model", method, data, optimizer=optimizer, lr=2e-3, seed=3, batch_size=4,
-                       label_smoothing=0.1, gradinit_steps=7, gradinit_sgd_steps=5, device="cpu")
+                       label_smoothing=0.1, gradinit_steps=7, gradinit_sgd_steps=5, device="cpu",
+                       gradinit_settings=dict(warm_start=False) if optimizer == "adam" else None)
     (name, kw), = calls
     assert name == {"gradinit-sgd": "gradinit-authors"}.get(method, method)
     batches, loss_fn = kw.pop("data"), kw.pop("loss_fn")

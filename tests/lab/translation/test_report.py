@@ -62,6 +62,9 @@ def test_write_report(tmp_path):
     assert (tmp_path / "table.md").read_text() == text + "\n"
     for name in ("heatmaps.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "grid.json").write_text(json.dumps(dict(steps=800, gradinit_settings=dict(
+        warm_start=False))))    # a grid of the default search with other settings says so
+    assert write_report(tmp_path).endswith("800 updates; gradinit warm_start=False")
 
 
 def test_the_default_search_against_the_authors_recipe():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..usage import UsageError, method_setting
 from .grid import GridConfig, run_grid
 from .inits import METHODS
 from .recipe import mt_recipes
@@ -29,6 +30,10 @@ def add_subcommand(sub: Any) -> None:
                  "steps", "warmup", "eval_every", "gradinit_steps", "gradinit_sgd_steps", "beam",
                  "seed", "seeds"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--set", dest="settings", type=method_setting, action="append", default=[],
+                   metavar="gradinit.KEY=VALUE", help="a setting of the default search "
+                   "(`gradinit`), e.g. --set gradinit.warm_start=False (repeatable); give such a "
+                   "grid its own --out")
     p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
     p.add_argument("--norm", choices=("post", "pre"), default=d.norm)
     p.add_argument("--stop-stalled", type=float, default=None, metavar="FRACTION",
@@ -46,6 +51,15 @@ def add_subcommand(sub: Any) -> None:
 def main_from_args(a: argparse.Namespace) -> int:
     keys = GridConfig.__dataclass_fields__
     cfg = GridConfig(**{k: v for k, v in vars(a).items() if k in keys})
+    for method, key, value in a.settings:
+        if method != "gradinit":
+            raise UsageError(f"--set {method}.{key}: the grid takes settings of gradinit (the "
+                             "default search) only")
+        cfg.gradinit_settings[key] = value
+    try:
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e) if str(e).startswith("--") else f"--set gradinit: {e}") from None
     if not a.report_only:
         run_grid(cfg, a.out, max_minutes=a.max_minutes)
     print(write_report(a.out))

@@ -23,9 +23,10 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from ...registry import check_settings
 from ..store import claim, write_atomic
 from .data import TokenBatches, TranslationData, load_translation_data
-from .inits import DEFAULT_METHODS, METHODS, apply_method, init_key, report_summary, runs_in
+from .inits import DEFAULT_METHODS, GRID_SET, METHODS, apply_method, init_key, report_summary, runs_in
 from .model import TransformerConfig, TranslationTransformer
 from .recipe import mt_settings
 from .training import Seq2SeqConfig, bleu, train_seq2seq, translate
@@ -54,6 +55,8 @@ class GridConfig:
     eval_every: int = 100
     gradinit_steps: int = 780         # the authors' recipe (one epoch of IWSLT'14)
     gradinit_sgd_steps: int = 200     # the SGD-target variant: one search per learning rate
+    gradinit_settings: dict[str, Any] = field(default_factory=dict)  # the default search's
+    #                                   settings beyond the cell's target (--set gradinit.K=V)
     beam: int = 1
     stop_stalled: Optional[float] = None  # stop runs still stalled after this fraction
     seed: int = 0                     # the first seed
@@ -64,7 +67,13 @@ class GridConfig:
     def validate(self) -> None:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown grid methods {sorted(unknown)}; choose from {METHODS}")
+            raise ValueError(f"--methods: unknown {', '.join(sorted(unknown))}; choose from "
+                             f"{', '.join(METHODS)}")
+        own = set(self.gradinit_settings) & set(GRID_SET)
+        if own:
+            raise ValueError(f"--set gradinit.{sorted(own)[0]}: the grid sets it itself (from each "
+                             "cell's optimizer and rate); leave it out")
+        check_settings("gradinit", self.gradinit_settings)
         mt_settings(self.recipe, "adam")   # a translation recipe, or a clear error
         if not (self.adam_lrs or self.sgd_lrs) or min(self.layers, self.steps, self.seeds) < 1:
             raise ValueError("the grid needs at least one learning rate, and layers, steps and "
@@ -128,7 +137,8 @@ def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
     {"seconds": the time the init took, "report": ...}."""
     model = build(cfg, data.vocab_size, cell.seed)
     key = init_key(cell.method, cell.optimizer, cell.lr, cell.seed,
-                   gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps)
+                   gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
+                   gradinit_settings=cfg.gradinit_settings)
     if key is None:
         return model, dict(seconds=0.0, report={})
     path = out / "inits" / f"{key}.pt"
@@ -145,7 +155,7 @@ def initialized(cfg: GridConfig, data: TranslationData, cell: Cell,
             model, cell.method, data, optimizer=cell.optimizer, lr=cell.lr, seed=cell.seed,
             batch_size=cfg.batch_size, label_smoothing=train_config(cfg, cell).label_smoothing,
             gradinit_steps=cfg.gradinit_steps, gradinit_sgd_steps=cfg.gradinit_sgd_steps,
-            device=cfg.device)
+            device=cfg.device, gradinit_settings=cfg.gradinit_settings)
         info = dict(seconds=time.perf_counter() - start, report=report_summary(report))
         write_atomic(path, lambda tmp: torch.save(dict(info, state=model.state_dict()), tmp))
     finally:
@@ -182,6 +192,11 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     `max_minutes`. Returns all stored cells of this grid."""
     cfg.validate()
     out = Path(out)
+    stored = json.loads((out / "grid.json").read_text()) if (out / "grid.json").is_file() else {}
+    if load_cells(out) and stored.get("gradinit_settings", {}) != cfg.gradinit_settings:
+        raise ValueError(f"{out} holds a grid with gradinit settings "
+                         f"{stored.get('gradinit_settings', {})}, not {cfg.gradinit_settings}: "
+                         "give another --out")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     recipe = {opt: mt_settings(cfg.recipe, opt) for opt in ("adam", "sgd")}
     data = load_translation_data(cfg.data_dir, max_words=cfg.max_words, vocab_size=cfg.vocab_size)

@@ -7,7 +7,8 @@
   search per seed used in every Adam cell (Adam cells only);
 - `gradinit`: initlab's default GradInit search for the cell's optimizer: an Adam target with
   betas (0.9, 0.98) in Adam cells, an SGD target in SGD cells, at the cell's learning rate; the
-  search picks its own budget (one search per optimizer, rate and seed);
+  search picks its own budget (one search per optimizer, rate and seed); `gradinit_settings`
+  (the command line's `--set gradinit.KEY=VALUE`) are passed on and named in its cache key;
 - `tfixup` (Huang et al., ICML 2020), `admin` (Liu et al., EMNLP 2020; profiled on the first
   training batch of the method's own batch order), `deepnet` (Wang et al., 2022);
 - `gradinit-sgd` (not in the default list): the authors' algorithm with an SGD target at the
@@ -34,6 +35,7 @@ METHODS = ("default", "warmup", "gradinit-authors", "gradinit", "gradinit-warmst
            "admin", "deepnet", "gradinit-sgd")
 DEFAULT_METHODS = METHODS[:-1]
 ADAM_ONLY, SGD_ONLY = ("gradinit-authors",), ("gradinit-sgd",)
+GRID_SET = ("target", "lr", "betas", "faithful", "loss_fn")  # what the grid gives gradinit itself
 
 
 def runs_in(method: str, optimizer: str) -> bool:
@@ -41,18 +43,22 @@ def runs_in(method: str, optimizer: str) -> bool:
 
 
 def init_key(method: str, optimizer: str, lr: float, seed: int, *, gradinit_steps: int,
-             gradinit_sgd_steps: int) -> Optional[str]:
+             gradinit_sgd_steps: int,
+             gradinit_settings: Optional[dict[str, Any]] = None) -> Optional[str]:
     """The name of the cached initialization a cell needs (None for `default` and `warmup`)."""
+    given = "".join(f"-{k}={v}" for k, v in sorted((gradinit_settings or {}).items()))
     key = {"default": None, "warmup": None, "tfixup": "tfixup", "admin": "admin",
            "deepnet": "deepnet", "gradinit-authors": f"gradinit-authors-s{gradinit_steps}",
-           "gradinit": f"gradinit-{optimizer}-lr{lr:g}", "gradinit-warmstart": "gradinit-warmstart",
+           "gradinit": f"gradinit-{optimizer}-lr{lr:g}{given}",
+           "gradinit-warmstart": "gradinit-warmstart",
            "gradinit-sgd": f"gradinit-sgd-lr{lr:g}-s{gradinit_sgd_steps}"}[method]
     return None if key is None else key + (f"-seed{seed}" if seed else "")
 
 
 def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimizer: str,
                  lr: float, seed: int, batch_size: int, label_smoothing: float,
-                 gradinit_steps: int, gradinit_sgd_steps: int, device: str) -> Any:
+                 gradinit_steps: int, gradinit_sgd_steps: int, device: str,
+                 gradinit_settings: Optional[dict[str, Any]] = None) -> Any:
     """Initialize `model` in place with `method` for a cell of this optimizer and rate; returns
     the method's report."""
     if method not in METHODS or init_key(method, optimizer, lr, seed, gradinit_steps=1,
@@ -69,7 +75,8 @@ def apply_method(model: nn.Module, method: str, data: TranslationData, *, optimi
     if method == "gradinit":
         target = (dict(target="adam", lr=lr, betas=(0.9, 0.98)) if optimizer == "adam"
                   else dict(target="sgd", lr=lr))
-        return initialize(model, "gradinit", data=batches, loss_fn=loss_fn, **target)
+        return initialize(model, "gradinit", data=batches, loss_fn=loss_fn,
+                          **dict(gradinit_settings or {}, **target))
     settings = dict(TRANSFORMER_RECIPE, steps=gradinit_steps, batching="split")
     if method == "gradinit-sgd":   # here: gradinit-authors or gradinit-sgd
         settings.update(target="sgd", lr=lr, gamma=1.0, steps=gradinit_sgd_steps)

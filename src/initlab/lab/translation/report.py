@@ -282,7 +282,8 @@ def write_report(out: str | Path) -> str:
         f"(nats/token) / test BLEU; **stalled**: validation loss fell < {STALL} nats after the "
         f"first evaluation; the plateau (a context-free unigram model's validation loss) is "
         f"{cfg.get('plateau', float('nan')):.2f}; {cfg.get('layers', '?')}+{cfg.get('layers', '?')} layers, "
-        f"d={cfg.get('d_model', '?')}, {cfg.get('steps', '?')} updates")
+        f"d={cfg.get('d_model', '?')}, {cfg.get('steps', '?')} updates"
+        + "".join(f"; gradinit {k}={v}" for k, v in cfg.get("gradinit_settings", {}).items()))
     text = "\n\n".join(parts)
     (out / "table.md").write_text(text + "\n")
     plot_heatmaps(cells, out / "heatmaps.png")
