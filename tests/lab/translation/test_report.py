@@ -50,6 +50,10 @@ def test_claims_compare_with_warmup_cell_by_cell():
                        "(5.00 vs warmup 4.50) | holds in part | none |")
     assert rows[2] == ("| SGD without warmup, every rate and momentum | gradinit | – | "
                        "SGD 0.1 m0.9 (diverged) | does not hold | – |")
+    # a cell without its warmup run is not judged: a grid of gradinit alone claims nothing
+    assert claims([c for c in cells if c["method"] == "gradinit"]).count("\n") == 1
+    alone = cell("gradinit", [5.8, 4.6], lr=1e-3)
+    assert "Adam 0.001" not in claims(cells + [alone])
 
 
 def test_write_report(tmp_path):

@@ -112,14 +112,15 @@ def claims(cells: list[dict]) -> str:
     "using either Adam or SGD under a wide range of learning rates and momentum coefficients"),
     per optimizer group and GradInit variant: it holds in a cell when the GradInit run trains
     (neither diverged nor stalled) and ends at most MATCH nats above the warmup reference (or
-    the reference does not train there). The last column says where the default init, also
-    without warmup, fails the same test: where it does not, the cell cannot show a rescue."""
+    the reference does not train there). A cell without a warmup run of its seed is not judged.
+    The last column says where the default init, also without warmup, fails the same test:
+    where it does not, the cell cannot show a rescue."""
     by = _groups(cells)
     lines = ["| claim | method | holds in | fails in | verdict | default fails in |",
              "|---|---|---|---|---|---|"]
     for claim, where in CLAIMS:
         for method in ("gradinit-authors", "gradinit", "gradinit-sgd"):
-            ours = [c for c in cells if c["method"] == method and where(c)]
+            ours = [c for c in cells if c["method"] == method and where(c) and _reference(c, by)]
             if not ours:
                 continue
             held, failed = [], []
@@ -139,10 +140,15 @@ def _name(c: dict[str, Any]) -> str:
     return _setting(c) + (f" seed {c['seed']}" if c.get("seed") else "")
 
 
+def _reference(c: dict[str, Any], by: dict[tuple[str, str], list[dict]]) -> Optional[dict]:
+    """The warmup run of `c`'s cell and seed, if any."""
+    return next((r for r in by.get((_setting(c), "warmup"), [])
+                 if r.get("seed", 0) == c.get("seed", 0)), None)
+
+
 def _holds(c: dict[str, Any], by: dict[tuple[str, str], list[dict]]) -> tuple[bool, str]:
     """(trains like the warmup reference of its cell and seed, why not)."""
-    ref = next((r for r in by.get((_setting(c), "warmup"), [])
-                if r.get("seed", 0) == c.get("seed", 0)), None)
+    ref = _reference(c, by)
     if outcome(c) != "trains":
         return False, outcome(c)
     if ref is None or outcome(ref) != "trains" or c["final_valid_loss"] <= (
