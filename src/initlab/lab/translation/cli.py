@@ -59,7 +59,7 @@ def main_from_args(a: argparse.Namespace) -> int:
     try:
         cfg.validate()
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e) if str(e).startswith("--") else f"--set gradinit: {e}") from None
+        raise UsageError(str(e)) from None
     if not a.report_only:
         run_grid(cfg, a.out, max_minutes=a.max_minutes)
     print(write_report(a.out))

@@ -73,7 +73,10 @@ class GridConfig:
         if own:
             raise ValueError(f"--set gradinit.{sorted(own)[0]}: the grid sets it itself (from each "
                              "cell's optimizer and rate); leave it out")
-        check_settings("gradinit", self.gradinit_settings)
+        try:
+            check_settings("gradinit", self.gradinit_settings)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"--set gradinit: {e}") from None
         mt_settings(self.recipe, "adam")   # a translation recipe, or a clear error
         if not (self.adam_lrs or self.sgd_lrs) or min(self.layers, self.steps, self.seeds) < 1:
             raise ValueError("the grid needs at least one learning rate, and layers, steps and "
@@ -193,7 +196,8 @@ def run_grid(cfg: GridConfig, out: str | Path, *, max_minutes: float | None = No
     cfg.validate()
     out = Path(out)
     stored = json.loads((out / "grid.json").read_text()) if (out / "grid.json").is_file() else {}
-    if load_cells(out) and stored.get("gradinit_settings", {}) != cfg.gradinit_settings:
+    has_cells = any((out / "cells").glob("*.json"))
+    if has_cells and stored.get("gradinit_settings", {}) != cfg.gradinit_settings:
         raise ValueError(f"{out} holds a grid with gradinit settings "
                          f"{stored.get('gradinit_settings', {})}, not {cfg.gradinit_settings}: "
                          "give another --out")
