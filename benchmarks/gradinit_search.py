@@ -20,6 +20,8 @@ Methods (the candidates, written down before measuring; "default" is what `gradi
                 plateaus, the stopping rule, the plain SGD step in the objective, the guard
   normalized    the default search with the authors' normalized step g/|g| in the objective
   nowarm        the default search without the warm start
+  grow, nogrow  the default search with max_growth = inf (no cap) and 1 (no scale may grow
+                above its warm-start value: the search may only shrink)
   warm+authors  the warm start, then the authors' search
   normalized-X  ablations of `normalized`: nowarm (no warm start); fixed (100 iterations at a
                 fixed scale lr, no stopping rule); slow (first scale lr 0.03); gamma0.5,
@@ -61,6 +63,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "default": {},
     "normalized": dict(normalize_grad=True),
     "nowarm": dict(warm_start=False),
+    "grow": dict(max_growth=float("inf")),
+    "nogrow": dict(max_growth=1.0),
     "warm+authors": dict(faithful=True, warm_first=True),
     "normalized-nowarm": dict(normalize_grad=True, warm_start=False),
     "normalized-fixed": dict(normalize_grad=True, steps=100, patience=1000),

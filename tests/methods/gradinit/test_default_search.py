@@ -2,6 +2,7 @@
 reasons it reports, its warnings, and the all-or-nothing contract on its own steps."""
 import copy
 import logging
+import math
 
 import pytest
 import torch
@@ -93,11 +94,11 @@ def test_draw_order_held_out_first_then_one_batch_per_iteration():
 
     report = initlab.gradinit(net(), batches, loss_fn=loss_fn, steps=3, gamma=1e9)
     assert [h["branch"] for h in report.history] == ["objective"] * 3
-    # warm start on B1; iteration t: S = B(t+1), S~ = B(t+2); guard on H = B0 (2 passes
+    # warm start on B1 (two passes: residual branches, then the scales); iteration t: S = B(t+1), S~ = B(t+2); guard on H = B0 (2 passes
     # each for the start and the result: a step and the loss after it; 2 more for the warm
     # start when the result did worse than the start)
     guard = report.outcome["guard"]
-    assert seen == [1, 1, 2, 2, 3, 3, 4] + [0] * (6 if "warm start" in guard else 4)
+    assert seen == [1, 1, 1, 2, 2, 3, 3, 4] + [0] * (6 if "warm start" in guard else 4)
     seen.clear()
     initlab.gradinit(net(), batches, loss_fn=loss_fn, steps=3, gamma=1e-9, guard=False,
                      warm_start=False)
@@ -151,3 +152,27 @@ def test_from_pytorch_default_init_scales_move_beyond_what_a_short_authors_searc
     report = initlab.gradinit(model, data(), steps=20)
     weights = [s for n, s in report.scales.items() if n.endswith("weight")]
     assert sorted(weights)[len(weights) // 2] > 1.5
+
+
+def test_max_growth_caps_each_scale_at_that_factor_of_its_warm_start():
+    """Checked against the warm start run on its own (`gradinit-warmstart`): uncapped, the search
+    on this LayerNorm MLP grows a scale past twice its warm-start value; with max_growth=g no
+    scale ends above g times it, and at g=2 the cap is reached (so it binds, not the search)."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 32), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(32, 32), nn.LayerNorm(32), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(32, 3))
+    warm = initlab.initialize(copy.deepcopy(model), "gradinit-warmstart", data()).scales
+
+    def growth(**settings):
+        report = initlab.gradinit(copy.deepcopy(model), data(), guard=False, **settings)
+        return max(s / warm.get(n, 1.0) for n, s in report.scales.items())
+
+    assert growth(max_growth=math.inf) > 2.5    # no cap
+    assert growth(max_growth=2.0) == pytest.approx(2.0, rel=1e-9)
+    assert growth(max_growth=1.0) <= 1 + 1e-9
+    with pytest.raises(ValueError, match="max_growth must be a number >= 1"):
+        initlab.gradinit(copy.deepcopy(model), data(), max_growth=0.5)
+    with pytest.raises(ValueError, match="max_growth applies to the default search"):
+        initlab.gradinit(copy.deepcopy(model), data(), max_growth=1.0, faithful=True)

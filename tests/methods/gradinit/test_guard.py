@@ -2,6 +2,7 @@
 one step of the target optimizer from the returned model is at most the loss after one step from
 the starting model. Checked here with plain autograd on copies of the models."""
 import copy
+import math
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_a_bad_search_falls_back_to_the_start_bitwise():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = data(3)
     report = initlab.gradinit(model, batches, loss_fn=adversarial(batches[0]), steps=20,
-                              warm_start=False)
+                              warm_start=False, max_growth=math.inf)  # free to go wrong
     guard = report.outcome["guard"]
     assert guard["fell_back_to"] == "start"
     assert guard["searched"] > guard["start"] == guard["returned"]  # what it rejected, and why

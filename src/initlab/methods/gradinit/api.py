@@ -102,6 +102,8 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
         stream.put_back(batch)  # also the first iteration's S
         warm = warm_start(search.model, specs, search.w0, scaled, search.loss_fn, batch, floors,
                           caps, getattr(search, "ranks", None))
+    if math.isfinite(cfg.max_growth):  # grow at most max_growth x the warm start (or the start)
+        caps = torch.minimum(caps, warm * cfg.max_growth)
     opt = LogScaleAdam(warm, cfg.scale_lr, floors, caps, cfg.betas, cfg.eps)
     history, reason = run_default(search, OneBatchEach(stream), opt, scaled, bar)
     found = opt.alpha

@@ -16,8 +16,10 @@ from typing import Any, Optional
 TARGETS = ("sgd", "adam")
 
 # Defaults of the `None` settings: (authors' search, default search). gamma: (sgd, adam) targets.
-FAITHFUL_DEFAULTS = dict(steps=390, scale_lr=1e-2, gamma=(1.0, 1.0), normalize_grad=True)
-SEARCH_DEFAULTS = dict(steps=200, scale_lr=0.1, gamma=(1.0, 1000.0), normalize_grad=False)
+FAITHFUL_DEFAULTS = dict(steps=390, scale_lr=1e-2, gamma=(1.0, 1.0), normalize_grad=True,
+                         max_growth=math.inf)
+SEARCH_DEFAULTS = dict(steps=200, scale_lr=0.1, gamma=(1.0, 1000.0), normalize_grad=False,
+                       max_growth=1.0)
 
 
 @dataclass
@@ -37,6 +39,9 @@ class GradInitConfig:
     #                                faithful) or g (the plain SGD step; default search)
     min_scale: float = 0.01        # floor for weights' scales (biases: 0)
     max_scale: Optional[float] = None       # cap for every scale
+    max_growth: Optional[float] = None      # default search: each scale's cap as a factor of
+    #                                         its warm-start value (1 for tensors the warm start
+    #                                         leaves); 1: the search may only shrink; inf: no cap
     norm_max_scale: Optional[float] = None  # cap for normalization-layer weights (authors: 100)
     clip: Optional[float] = 1.0    # faithful: clip each scale gradient to [-clip, clip]; None/0: off
     betas: tuple[float, float] = (0.9, 0.999)
@@ -55,7 +60,8 @@ class GradInitConfig:
 
     def resolved(self) -> "GradInitConfig":
         """A copy with every `None` default filled in for the chosen algorithm (self if none)."""
-        if None not in (self.steps, self.scale_lr, self.gamma, self.normalize_grad):
+        if None not in (self.steps, self.scale_lr, self.gamma, self.normalize_grad,
+                        self.max_growth):
             return self
         d = FAITHFUL_DEFAULTS if self.faithful else SEARCH_DEFAULTS
         gamma = d["gamma"][TARGETS.index(self.target)] if self.target in TARGETS else 1.0
@@ -63,7 +69,8 @@ class GradInitConfig:
                        scale_lr=d["scale_lr"] if self.scale_lr is None else self.scale_lr,
                        gamma=gamma if self.gamma is None else self.gamma,
                        normalize_grad=(d["normalize_grad"] if self.normalize_grad is None
-                                       else self.normalize_grad))
+                                       else self.normalize_grad),
+                       max_growth=d["max_growth"] if self.max_growth is None else self.max_growth)
 
     def validate(self) -> None:
         if self.target not in TARGETS:
@@ -90,6 +97,13 @@ class GradInitConfig:
             cap = getattr(self, name)
             if cap is not None and not cap >= self.min_scale:
                 raise ValueError(f"{name}={cap!r} is below min_scale={self.min_scale!r}")
+        if self.max_growth is not None:
+            if self.faithful and self.max_growth != math.inf:
+                raise ValueError("max_growth applies to the default search (faithful=False); the "
+                                 "authors' search takes max_scale")
+            if not (isinstance(self.max_growth, (int, float)) and self.max_growth >= 1):
+                raise ValueError(f"max_growth must be a number >= 1 (1: scales may only shrink "
+                                 f"from the warm start; inf: no cap), got {self.max_growth!r}")
         if self.clip is not None and not self.clip >= 0:
             raise ValueError(f"clip must be >= 0 or None, got {self.clip!r}")
         if not all(0 <= b < 1 for b in self.betas):

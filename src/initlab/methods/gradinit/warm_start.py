@@ -9,6 +9,10 @@ LSUV would. The output of Z = W x + b is Z / r when both W and b get the scale 1
 not scaled (excluded by the user), the weight's scale s solves RMS(s (Z - b) + b) = 1 (a
 quadratic; 1 / RMS(Z) when no positive root exists).
 
+A layer in a residual branch (`branches.py`: it feeds one side of an addition whose two sides
+share an origin, as `f` in `x + f(x)`) is only shrunk, never grown: unit RMS would make the
+branch as large as the stream it joins.
+
 Layers taken: modules of exactly these types' forward (subclasses that keep it), whose weight is
 a selected, non-zero tensor that no other module holds (a tied weight is left to the search).
 Scales are clamped to the floors and caps. Under torch.distributed each layer's r is the root
@@ -25,6 +29,7 @@ from torch import nn
 from ...core.distributed import Ranks, RemoteRankError
 from ...core.loss import LossFn, Substituted
 from ...core.params import ParamSpec
+from .branches import residual_branch_layers
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FORWARDS = {t.forward for t in LAYERS}
@@ -65,6 +70,10 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
     RMS on `batch`. Call it in `search_mode(model)`."""
     alpha = torch.ones(len(specs), dtype=torch.float64)
     chosen = layers(model, specs, scaled)
+    names = [s.name for s in specs]
+    forward = lambda: loss_fn(Substituted(model, dict(zip(names, w0))), batch)  # noqa: E731
+    grows: dict[int, bool] = {}  # module -> whether its scale may exceed 1 (not in a branch)
+
     todo = {id(m): (wi, bi, with_bias) for m, wi, bi, with_bias in chosen}
     done: dict[int, tuple[float, float]] = {}  # module -> (weight scale, bias scale)
     reduce = _reducer(ranks)
@@ -91,6 +100,8 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
             if not (math.isfinite(s) and s > 0):  # unreachable with the kept bias: 1 / RMS
                 total = (A + 2 * B + C).item()
                 s = 1 / math.sqrt(total) if total > 0 and math.isfinite(total) else 1.0
+            if not grows[id(module)]:  # a residual branch: shrink to unit RMS, never grow
+                s = min(s, 1.0)
             sw = float(torch.tensor(s, **f64).clamp(floors[wi], caps[wi]))
             sb = float(torch.tensor(s, **f64).clamp(floors[bi], caps[bi])) if with_bias else 1.0
             done[id(module)] = (sw, sb)
@@ -100,14 +111,20 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
         sw, sb = done[id(module)]
         return out * sw if b is None else (out - b) * sw + b * sb
 
-    names = [s.name for s in specs]
-    handles = [m.register_forward_hook(hook) for m, _, _, _ in chosen]
+    handles: list = []
+
+    def passes() -> None:  # the residual branches, then the scales (in the hooks)
+        in_branch = residual_branch_layers([m for m, _, _, _ in chosen], forward, batch)
+        grows.update({id(m): i not in in_branch for i, (m, _, _, _) in enumerate(chosen)})
+        handles.extend(m.register_forward_hook(hook) for m, _, _, _ in chosen)
+        forward()
+
     try:
         with torch.no_grad():
             if ranks is None:
-                loss_fn(Substituted(model, dict(zip(names, w0))), batch)
+                passes()
             else:
-                _collective(ranks, lambda: loss_fn(Substituted(model, dict(zip(names, w0))), batch))
+                _collective(ranks, passes)
     finally:
         for h in handles:
             h.remove()

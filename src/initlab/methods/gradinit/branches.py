@@ -1,0 +1,98 @@
+"""Which layers sit in a residual branch, found by following one forward pass.
+
+The warm start brings each layer's output to unit RMS, the target of LSUV (Mishkin & Matas,
+ICLR 2016) for plain networks. In a residual block `x + f(x)` that target makes the branch
+`f(x)` as large as the stream it joins, which is what Fixup, SkipInit, T-Fixup and Admin avoid
+(a branch that weighs too much is the cause of Post-LN's instability: Liu et al., EMNLP 2020).
+So the warm start never grows a layer found here (`warm_start.py`).
+
+How: a `TorchFunctionMode` gives every tensor of the pass the set of its origins, i.e. which
+batch tensors (negative ids) and which of the given layers (their index) it was computed from;
+a layer's forward hook adds its index to its output's set. At an addition of two tensors that
+share an origin, `a + b`, the layers that feed one side only, `origins(a) ^ origins(b)`, form a
+branch: for `x + f(x)` the layers of `f`. Parameters, buffers and constants have no origin, so
+adding a bias or a positional table marks nothing, and two inputs summed after separate
+towers share none. Only additions count; concatenation (DenseNet) and products (gates) do not.
+Control flow is followed as it ran on this batch.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
+        torch.Tensor.__radd__, torch.Tensor.__iadd__}
+
+
+class _Origins(TorchFunctionMode):
+    """Origins of every tensor the pass computes; the layers on one side of each addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: dict[int, tuple[weakref.ref, frozenset[int]]] = {}
+        self.branch: set[int] = set()
+
+    def get(self, t: torch.Tensor) -> frozenset[int]:
+        entry = self.table.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else frozenset()
+
+    def add(self, t: torch.Tensor, origins: frozenset[int]) -> None:
+        if origins:
+            self.table[id(t)] = (weakref.ref(t), self.get(t) | origins)
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        origins = frozenset().union(*(self.get(t) for t in inputs))
+        if func in ADDS and len(inputs) == 2:
+            a, b = self.get(inputs[0]), self.get(inputs[1])
+            if a & b:
+                self.branch |= {i for i in a ^ b if i >= 0}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.add(t, origins)
+        return out
+
+
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    """The batch's tensors, in mappings (a dict or a tokenizer's BatchEncoding) and sequences."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, Mapping):
+        return [t for v in batch.values() for t in _tensors(v)]
+    if isinstance(batch, (list, tuple)):
+        return [t for v in batch for t in _tensors(v)]
+    return []
+
+
+def residual_branch_layers(modules: list[nn.Module], forward: Callable[[], Any],
+                           batch: Any) -> set[int]:
+    """Indices into `modules` of the layers in a residual branch, from one run of `forward`
+    (no gradient) on `batch`, whose tensors are the origins."""
+    mode = _Origins()
+    for i, t in enumerate(_tensors(batch)):
+        mode.add(t, frozenset({-1 - i}))
+
+    def tag(index: int) -> Callable:
+        def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    mode.add(t, frozenset({index}))
+        return hook
+
+    handles = [m.register_forward_hook(tag(i)) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad(), mode:
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return mode.branch
