@@ -94,7 +94,8 @@ def test_draw_order_held_out_first_then_one_batch_per_iteration():
 
     report = initlab.gradinit(net(), batches, loss_fn=loss_fn, steps=3, gamma=1e9)
     assert [h["branch"] for h in report.history] == ["objective"] * 3
-    # warm start on B1 (two passes: residual branches, then the scales); iteration t: S = B(t+1), S~ = B(t+2); guard on H = B0 (2 passes
+    # warm start on B1 (two passes: residual branches, then the scales);
+    # iteration t: S = B(t+1), S~ = B(t+2); guard on H = B0 (2 passes
     # each for the start and the result: a step and the loss after it; 2 more for the warm
     # start when the result did worse than the start)
     guard = report.outcome["guard"]
