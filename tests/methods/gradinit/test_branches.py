@@ -69,6 +69,12 @@ def test_the_layers_of_x_plus_f_x_are_found(inplace):
     assert found(Residual(inplace), torch.randn(4, 6)) == ["f1", "f2"]
 
 
+def test_the_report_names_them():
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    report = initlab.gradinit(Residual(), [(x, y)] * 4, steps=2)
+    assert report.outcome["warm_start"]["residual_branch_layers"] == ["f1", "f2"]
+
+
 def test_plain_nets_biases_tables_and_separate_towers_have_none():
     mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     assert found(mlp, torch.randn(4, 6)) == []

@@ -96,18 +96,20 @@ def _default(search: GradInitSearch, specs: list[ParamSpec], stream: BatchStream
     cfg = search.cfg
     H = stream.next() if cfg.guard else None
     start = torch.ones(len(search.w0), dtype=torch.float64)
-    warm = start
+    warm, branches = start, []
     if cfg.warm_start:
         batch = stream.next()
         stream.put_back(batch)  # also the first iteration's S
-        warm = warm_start(search.model, specs, search.w0, scaled, search.loss_fn, batch, floors,
-                          caps, getattr(search, "ranks", None))
+        warm, branches = warm_start(search.model, specs, search.w0, scaled, search.loss_fn,
+                                    batch, floors, caps, getattr(search, "ranks", None))
     if math.isfinite(cfg.max_growth):  # grow at most max_growth x the warm start (or the start)
         caps = torch.minimum(caps, warm * cfg.max_growth)
     opt = LogScaleAdam(warm, cfg.scale_lr, floors, caps, cfg.betas, cfg.eps)
     history, reason = run_default(search, OneBatchEach(stream), opt, scaled, bar)
     found = opt.alpha
     outcome: dict[str, Any] = dict(search="default", stop=reason, iterations=len(history))
+    if cfg.warm_start:
+        outcome["warm_start"] = dict(residual_branch_layers=branches)
     if reason == "budget" and search.is_main:
         log.warning("gradinit stopped at its budget of %d iterations before its look-ahead "
                     "loss stopped improving; pass a larger steps= to let it finish", cfg.steps)

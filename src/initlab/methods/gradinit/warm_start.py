@@ -65,9 +65,10 @@ def layers(model: nn.Module, specs: list[ParamSpec], scaled: torch.Tensor) -> li
 
 def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
                scaled: torch.Tensor, loss_fn: LossFn, batch: Any, floors: torch.Tensor,
-               caps: torch.Tensor, ranks: Optional[Ranks] = None) -> torch.Tensor:
+               caps: torch.Tensor, ranks: Optional[Ranks] = None) -> tuple[torch.Tensor, list[str]]:
     """Scales (float64, one per tensor; 1 where untouched) bringing each layer's output to unit
-    RMS on `batch`. Call it in `search_mode(model)`."""
+    RMS on `batch` (never above 1 in a residual branch), and the names of the layers found in
+    residual branches. Call it in `search_mode(model)`."""
     alpha = torch.ones(len(specs), dtype=torch.float64)
     chosen = layers(model, specs, scaled)
     names = [s.name for s in specs]
@@ -128,7 +129,8 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
     finally:
         for h in handles:
             h.remove()
-    return alpha
+    names_of = {id(m): n for n, m in model.named_modules()}
+    return alpha, [names_of[id(m)] for m, _, _, _ in chosen if not grows.get(id(m), True)]
 
 
 def _reducer(ranks: Optional[Ranks]) -> Reduce:
