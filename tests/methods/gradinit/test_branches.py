@@ -32,6 +32,21 @@ class Residual(nn.Module):
         return self.head(h)
 
 
+class Gated(nn.Module):
+    """x + sigmoid(g(x)) * f(x): a gated branch; and cat([x, c(x)]): no branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.f, self.g, self.c = (nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                             nn.Linear(8, 8))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + torch.sigmoid(self.g(h)) * self.f(h)
+        return self.head(torch.cat([h, self.c(h)], dim=1))
+
+
 class Towers(nn.Module):
     """a(x) + b(z) on two inputs, plus a learned bias and a constant: no residual branch."""
 
@@ -79,6 +94,10 @@ def test_plain_nets_biases_tables_and_separate_towers_have_none():
     mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     assert found(mlp, torch.randn(4, 6)) == []
     assert found(Towers(), {"x": torch.randn(4, 6), "z": torch.randn(4, 6)}) == []
+
+
+def test_a_gated_branch_is_found_and_a_concatenation_is_not():
+    assert found(Gated(), torch.randn(4, 6)) == ["f", "g"]
 
 
 def test_two_sides_from_one_origin_are_both_branches():
