@@ -1,7 +1,9 @@
-"""Residual branches found by following one forward pass (`branches.py`), on hand-built nets
-whose branches are known, and the warm start's rule for them: shrink to unit RMS, never grow."""
+"""Post-normalized residual branches found by following one forward pass (`branches.py`), on
+hand-built nets whose branches are known, and the warm start's rule for them: shrink to unit
+RMS, never grow."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import initlab
@@ -11,12 +13,13 @@ from .test_warm_start import rms_per_layer
 
 
 class Residual(nn.Module):
-    """stem -> x + f2(relu(f1(x))) (in place when `inplace`) -> head."""
+    """stem -> [LN](x + f2(relu(f1(x)))) (in place when `inplace`) -> head."""
 
-    def __init__(self, inplace=False, scale=1.0):
+    def __init__(self, inplace=False, norm=True, scale=1.0):
         super().__init__()
         self.stem, self.f1, self.f2, self.head = (nn.Linear(6, 8), nn.Linear(8, 8),
                                                   nn.Linear(8, 8), nn.Linear(8, 3))
+        self.norm = nn.LayerNorm(8) if norm else nn.Identity()
         self.inplace = inplace
         with torch.no_grad():
             for m in (self.f1, self.f2):
@@ -29,11 +32,11 @@ class Residual(nn.Module):
             h += branch
         else:
             h = h + branch
-        return self.head(h)
+        return self.head(self.norm(h))
 
 
 class Gated(nn.Module):
-    """x + sigmoid(g(x)) * f(x): a gated branch; and cat([x, c(x)]): no branch."""
+    """GroupNorm(x + sigmoid(g(x)) * f(x)): a gated branch; cat([x, c(x)]): no branch."""
 
     def __init__(self):
         super().__init__()
@@ -43,12 +46,12 @@ class Gated(nn.Module):
 
     def forward(self, x):
         h = self.stem(x)
-        h = h + torch.sigmoid(self.g(h)) * self.f(h)
+        h = F.group_norm(h + torch.sigmoid(self.g(h)) * self.f(h), 2)
         return self.head(torch.cat([h, self.c(h)], dim=1))
 
 
 class Towers(nn.Module):
-    """a(x) + b(z) on two inputs, plus a learned bias and a constant: no residual branch."""
+    """LN(a(x) + b(z)) on two inputs, plus a learned bias and a constant: no residual branch."""
 
     def __init__(self):
         super().__init__()
@@ -57,11 +60,12 @@ class Towers(nn.Module):
         self.register_buffer("table", torch.ones(8))
 
     def forward(self, batch):
-        return self.head(self.a(batch["x"]) + self.b(batch["z"]) + self.bias + self.table)
+        h = self.a(batch["x"]) + self.b(batch["z"]) + self.bias + self.table
+        return self.head(F.layer_norm(h, (8,)))
 
 
 class Parallel(nn.Module):
-    """a(h) + b(h): no identity path, yet both sides share h's origin."""
+    """LN(a(h) + b(h)): no identity path, yet both sides share h's origin."""
 
     def __init__(self):
         super().__init__()
@@ -69,7 +73,7 @@ class Parallel(nn.Module):
 
     def forward(self, x):
         h = self.stem(x)
-        return self.a(h) + self.b(h)
+        return F.layer_norm(self.a(h) + self.b(h), (3,))
 
 
 def found(model, batch):
@@ -80,8 +84,12 @@ def found(model, batch):
 
 
 @pytest.mark.parametrize("inplace", [False, True])
-def test_the_layers_of_x_plus_f_x_are_found(inplace):
+def test_the_layers_of_a_normalized_x_plus_f_x_are_found(inplace):
     assert found(Residual(inplace), torch.randn(4, 6)) == ["f1", "f2"]
+
+
+def test_an_unnormalized_sum_leaves_its_branch_to_the_warm_start():
+    assert found(Residual(norm=False), torch.randn(4, 6)) == []
 
 
 def test_the_report_names_them():
@@ -91,7 +99,7 @@ def test_the_report_names_them():
 
 
 def test_plain_nets_biases_tables_and_separate_towers_have_none():
-    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
     assert found(mlp, torch.randn(4, 6)) == []
     assert found(Towers(), {"x": torch.randn(4, 6), "z": torch.randn(4, 6)}) == []
 
