@@ -17,11 +17,11 @@ Methods (the candidates, written down before measuring; "default" is what `gradi
   authors       the authors' search (faithful=True) with the lab's per-model authors settings
   warm          the default search's warm start alone (`gradinit-warmstart`)
   default       the default search: warm start, log-scale Adam with a scale lr halved on
-                plateaus, the stopping rule, the plain SGD step in the objective, the guard
-  normalized    the default search with the authors' normalized step g/|g| in the objective
-  nowarm        the default search without the warm start
-  grow, nogrow  the default search with max_growth = inf (no cap) and 1 (no scale may grow
-                above its warm-start value: the search may only shrink)
+                plateaus, the stopping rule, the plain SGD step in the objective, the guard,
+                no scale grown above its warm-start value (max_growth=1)
+  grow          the default search without that bound (max_growth=inf), as it was chosen
+  normalized    `grow` with the authors' normalized step g/|g| in the objective
+  nowarm        `grow` without the warm start
   warm+authors  the warm start, then the authors' search
   normalized-X  ablations of `normalized`: nowarm (no warm start); fixed (100 iterations at a
                 fixed scale lr, no stopping rule); slow (first scale lr 0.03); gamma0.5,
@@ -56,24 +56,24 @@ CASES: dict[str, dict[str, Any]] = {
                      epochs=8, scale_lr=5e-2, clip=1.0),
 }
 STARTS = ["default", "kaiming", "xavier", "kaiming3"]
+UNBOUNDED = dict(max_growth=float("inf"))  # the search before its growth bound
 METHODS: dict[str, dict[str, Any]] = {
     "none": {},
     "authors": dict(faithful=True),
     "warm": dict(warm_only=True),
     "default": {},
-    "normalized": dict(normalize_grad=True),
-    "nowarm": dict(warm_start=False),
-    "grow": dict(max_growth=float("inf")),
-    "nogrow": dict(max_growth=1.0),
+    "grow": UNBOUNDED,
+    "normalized": dict(normalize_grad=True, **UNBOUNDED),
+    "nowarm": dict(warm_start=False, **UNBOUNDED),
     "warm+authors": dict(faithful=True, warm_first=True),
-    "normalized-nowarm": dict(normalize_grad=True, warm_start=False),
-    "normalized-fixed": dict(normalize_grad=True, steps=100, patience=1000),
-    "normalized-slow": dict(normalize_grad=True, scale_lr=0.03),
-    "normalized-gamma0.5": dict(normalize_grad=True, gamma=0.5),
-    "normalized-gamma2": dict(normalize_grad=True, gamma=2.0),
-    "normalized-nogamma": dict(normalize_grad=True, gamma=1e30),
+    "normalized-nowarm": dict(normalize_grad=True, warm_start=False, **UNBOUNDED),
+    "normalized-fixed": dict(normalize_grad=True, steps=100, patience=1000, **UNBOUNDED),
+    "normalized-slow": dict(normalize_grad=True, scale_lr=0.03, **UNBOUNDED),
+    "normalized-gamma0.5": dict(normalize_grad=True, gamma=0.5, **UNBOUNDED),
+    "normalized-gamma2": dict(normalize_grad=True, gamma=2.0, **UNBOUNDED),
+    "normalized-nogamma": dict(normalize_grad=True, gamma=1e30, **UNBOUNDED),
 }
-MAIN = "none,authors,warm,default,normalized,nowarm"
+MAIN = "none,authors,warm,grow,normalized,nowarm,default"
 
 
 def start(model: torch.nn.Module, name: str) -> None:
