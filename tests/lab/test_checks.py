@@ -17,6 +17,12 @@ def test_good_arguments_pass_and_create_out(tmp_path):
     assert out.is_dir()
 
 
+def test_set_reads_inf_as_a_number():
+    a = args("--set", "gradinit.max_growth=inf", "--set", "gradinit.gamma=-inf")
+    assert dict(((m, k), v) for m, k, v in a.settings) == {("gradinit", "max_growth"): float("inf"),
+                                                      ("gradinit", "gamma"): float("-inf")}
+
+
 def test_fixed_rules_are_tried_on_the_model(tmp_path):
     a = cli.parser().parse_args(["compare", "--model", "resnet", "--depth", "8", "--methods",
                                  "fixup,skipinit", "--out", str(tmp_path)])

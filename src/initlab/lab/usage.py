@@ -109,12 +109,14 @@ def reraise(flag: str, error: BaseException) -> NoReturn:
 
 def method_setting(text: str) -> tuple[str, str, object]:
     """`--set METHOD.KEY=VALUE` -> (method, key, value); VALUE read as a Python literal if it is
-    one, else kept as a string."""
+    one (`inf` and `-inf` as floats), else kept as a string."""
     try:
         lhs, raw = text.split("=", 1)
         method, key = lhs.split(".", 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE, got {text!r}") from None
+    if raw.strip().lower() in ("inf", "+inf", "-inf"):
+        return method, key, float(raw)
     try:
         return method, key, ast.literal_eval(raw)
     except (ValueError, SyntaxError):
