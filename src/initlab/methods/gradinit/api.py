@@ -225,7 +225,8 @@ def gradinit_authors(model: nn.Module, data: Iterable, **settings: Any) -> InitR
 
 @register("gradinit-warmstart", settings_of="gradinit", needs_data=True,
           description="GradInit's warm start alone: each Linear/Conv layer's scale brings its "
-                      "output to unit RMS on one batch (gradinit with steps=0, guard=False)",
+                      "output to unit RMS on one batch, never growing a post-normalized "
+                      "residual branch (gradinit with steps=0, guard=False)",
           paper="Zhu et al., NeurIPS 2021 (parametrization); Mishkin & Matas, ICLR 2016 (target)")
 def gradinit_warmstart(model: nn.Module, data: Iterable, **settings: Any) -> InitReport:
     """`gradinit(model, data, steps=0, guard=False, **settings)`: the default search's warm
