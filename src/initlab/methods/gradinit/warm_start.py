@@ -9,9 +9,10 @@ LSUV would. The output of Z = W x + b is Z / r when both W and b get the scale 1
 not scaled (excluded by the user), the weight's scale s solves RMS(s (Z - b) + b) = 1 (a
 quadratic; 1 / RMS(Z) when no positive root exists).
 
-A layer in a residual branch (`branches.py`: it feeds one side of an addition whose two sides
-share an origin, as `f` in `x + f(x)`) is only shrunk, never grown: unit RMS would make the
-branch as large as the stream it joins.
+A layer in a post-normalized residual branch (`branches.py`: it feeds one side of an addition
+whose two sides share an origin and whose sum goes straight into a normalization, as `f` in
+`LN(x + f(x))`) is only shrunk, never grown: unit RMS would make the branch as large as the
+normalized stream it joins.
 
 Layers taken: modules of exactly these types' forward (subclasses that keep it), whose weight is
 a selected, non-zero tensor that no other module holds (a tied weight is left to the search).
@@ -67,8 +68,8 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
                scaled: torch.Tensor, loss_fn: LossFn, batch: Any, floors: torch.Tensor,
                caps: torch.Tensor, ranks: Optional[Ranks] = None) -> tuple[torch.Tensor, list[str]]:
     """Scales (float64, one per tensor; 1 where untouched) bringing each layer's output to unit
-    RMS on `batch` (never above 1 in a residual branch), and the names of the layers found in
-    residual branches. Call it in `search_mode(model)`."""
+    RMS on `batch` (never above 1 in a post-normalized residual branch), and the names of the
+    layers found in such branches. Call it in `search_mode(model)`."""
     alpha = torch.ones(len(specs), dtype=torch.float64)
     chosen = layers(model, specs, scaled)
     names = [s.name for s in specs]
@@ -101,7 +102,7 @@ def warm_start(model: nn.Module, specs: list[ParamSpec], w0: list[torch.Tensor],
             if not (math.isfinite(s) and s > 0):  # unreachable with the kept bias: 1 / RMS
                 total = (A + 2 * B + C).item()
                 s = 1 / math.sqrt(total) if total > 0 and math.isfinite(total) else 1.0
-            if not grows[id(module)]:  # a residual branch: shrink to unit RMS, never grow
+            if not grows[id(module)]:  # a post-normalized branch: shrink to unit RMS, never grow
                 s = min(s, 1.0)
             sw = float(torch.tensor(s, **f64).clamp(floors[wi], caps[wi]))
             sb = float(torch.tensor(s, **f64).clamp(floors[bi], caps[bi])) if with_bias else 1.0
