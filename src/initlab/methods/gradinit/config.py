@@ -4,7 +4,8 @@ NeurIPS 2021, arXiv 2102.08098, Appendix and their IWSLT'14 launch script).
 Two algorithms share the settings. `faithful=True` is the authors' search: a fixed number of
 iterations of their RescaleAdam on the scales themselves, S = B0 u B1. The default
 (`faithful=False`) is initlab's search: a warm start, Adam on log-scales with a learning rate that
-adapts to the objective, a stopping rule, S = one batch, and a guard. Settings left at `None` take
+adapts to the objective and no scale grown above its warm-start value, a stopping rule,
+S = one batch, and a guard. Settings left at `None` take
 the chosen algorithm's own default (`resolved()`).
 """
 from __future__ import annotations

@@ -4,9 +4,12 @@ Same objective and constraint as the authors (minimize L(S~; p - lr A[g]) / lr s
 N(g) <= gamma, p = alpha * w), found differently:
 
 1. warm start (`warm_start.py`): each Linear/Conv layer's scale from one forward pass, so each
-   layer's output has unit RMS; PyTorch's default init, He, Xavier and He x 3 all start there;
+   layer's output has unit RMS (a post-normalized residual branch is never grown,
+   `branches.py`); PyTorch's default init, He, Xavier and He x 3 all start there;
 2. Adam on log-scales (`scale_adam.LogScaleAdam`): multiplicative steps, so a scale can move by
-   any factor in a number of steps that does not depend on the factor's size;
+   any factor in a number of steps that does not depend on the factor's size; none above
+   `max_growth` times its warm-start value (1: the search only shrinks; growth is the warm
+   start's, since the one-step objective rewards growth as a smaller effective step);
 3. a scale learning rate that adapts to the objective and a stopping rule (`StoppingRule`):
    the objective's mean over each window of `patience` iterations is compared with the best
    window so far; a window that does not improve it by 1 % halves the scale learning rate, and
