@@ -131,6 +131,18 @@ def slice_batch(batch: Any, start: int, stop: int, n: int) -> Any:
     return batch
 
 
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """Every tensor of a batch, through mappings (a dict, a tokenizer's BatchEncoding) and
+    sequences, in order."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, Mapping):
+        return [t for v in batch.values() for t in batch_tensors(v)]
+    if isinstance(batch, (list, tuple)):
+        return [t for v in batch for t in batch_tensors(v)]
+    return []
+
+
 def split_thirds(batch: Any) -> tuple[Any, Any]:
     """The authors' Transformer recipe: S = first two thirds, S~ = last two thirds."""
     n = batch_size(batch)

@@ -24,7 +24,6 @@ followed as it ran on this batch.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -33,6 +32,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from ...core.batches import batch_tensors
+
 ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
         torch.Tensor.__radd__, torch.Tensor.__iadd__}
 NORMS = {F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm, F.batch_norm,
@@ -40,52 +41,49 @@ NORMS = {F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm, F.batch
          *[f for f in (getattr(F, "rms_norm", None), getattr(torch, "rms_norm", None)) if f]}
 
 
+class _ByTensor:
+    """Values kept per live tensor of the pass (by id, checked through a weak reference, so a
+    reused id of a freed tensor finds nothing)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, frozenset[int]]] = {}
+
+    def get(self, t: torch.Tensor) -> frozenset[int]:
+        entry = self._entries.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else frozenset()
+
+    def put(self, t: torch.Tensor, value: frozenset[int]) -> None:
+        self._entries[id(t)] = (weakref.ref(t), value)
+
+
 class _Origins(TorchFunctionMode):
     """Origins of every tensor the pass computes; the layers on one side of each addition."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.table: dict[int, tuple[weakref.ref, frozenset[int]]] = {}
-        self.sums: dict[int, tuple[weakref.ref, frozenset[int]]] = {}  # sum -> its branch
+        self.origins, self.sums = _ByTensor(), _ByTensor()  # sums: a sum -> its branch
         self.branch: set[int] = set()
 
-    def get(self, t: torch.Tensor) -> frozenset[int]:
-        entry = self.table.get(id(t))
-        return entry[1] if entry is not None and entry[0]() is t else frozenset()
-
-    def add(self, t: torch.Tensor, origins: frozenset[int]) -> None:
+    def add(self, out: Any, origins: frozenset[int]) -> None:
+        """Add `origins` to every tensor in `out`."""
         if origins:
-            self.table[id(t)] = (weakref.ref(t), self.get(t) | origins)
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.origins.put(t, self.origins.get(t) | origins)
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        origins = frozenset().union(*(self.get(t) for t in inputs))
         if func in NORMS and inputs:  # a residual sum normalized: its branch counts
-            entry = self.sums.get(id(inputs[0]))
-            if entry is not None and entry[0]() is inputs[0]:
-                self.branch |= entry[1]
+            self.branch |= self.sums.get(inputs[0])
         if func in ADDS and len(inputs) == 2 and isinstance(out, torch.Tensor):
-            a, b = self.get(inputs[0]), self.get(inputs[1])
+            a, b = self.origins.get(inputs[0]), self.origins.get(inputs[1])
             if a & b:
-                self.sums[id(out)] = (weakref.ref(out), frozenset(i for i in a ^ b if i >= 0))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.add(t, origins)
+                self.sums.put(out, frozenset(i for i in a ^ b if i >= 0))
+        self.add(out, frozenset().union(*(self.origins.get(t) for t in inputs)))
         return out
-
-
-def _tensors(batch: Any) -> list[torch.Tensor]:
-    """The batch's tensors, in mappings (a dict or a tokenizer's BatchEncoding) and sequences."""
-    if isinstance(batch, torch.Tensor):
-        return [batch]
-    if isinstance(batch, Mapping):
-        return [t for v in batch.values() for t in _tensors(v)]
-    if isinstance(batch, (list, tuple)):
-        return [t for v in batch for t in _tensors(v)]
-    return []
 
 
 def residual_branch_layers(modules: list[nn.Module], forward: Callable[[], Any],
@@ -93,14 +91,12 @@ def residual_branch_layers(modules: list[nn.Module], forward: Callable[[], Any],
     """Indices into `modules` of the layers in a post-normalized residual branch, from one run
     of `forward` (no gradient) on `batch`, whose tensors are the origins."""
     mode = _Origins()
-    for i, t in enumerate(_tensors(batch)):
+    for i, t in enumerate(batch_tensors(batch)):
         mode.add(t, frozenset({-1 - i}))
 
     def tag(index: int) -> Callable:
         def hook(module: nn.Module, inputs: Any, out: Any) -> None:
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    mode.add(t, frozenset({index}))
+            mode.add(out, frozenset({index}))
         return hook
 
     handles = [m.register_forward_hook(tag(i)) for i, m in enumerate(modules)]
